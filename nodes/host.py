@@ -1,0 +1,241 @@
+"""Everything the nodes need from ComfyUI, with plain fallbacks when ComfyUI is absent.
+
+This is the only module that imports ``comfy``, ``folder_paths`` or ``server``. Each import is guarded so the
+pack (and its tests, and the CLI) work without a host: model folders then come from ``$COMFYUI_LIT_MODELS``
+(default ``./models``), progress goes to tqdm, interruption never fires and events are dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from ..models.errors import LitError
+
+try:  # pragma: no cover - exercised only inside ComfyUI
+    import folder_paths  # type: ignore[import-not-found]
+except Exception:  # noqa: BLE001 - any failure means "no host"
+    folder_paths = None
+
+try:  # pragma: no cover
+    import comfy.model_management as comfy_mm  # type: ignore[import-not-found]
+    import comfy.utils as comfy_utils  # type: ignore[import-not-found]
+except Exception:  # noqa: BLE001
+    comfy_mm = None
+    comfy_utils = None
+
+try:  # pragma: no cover
+    from server import PromptServer  # type: ignore[import-not-found]
+except Exception:  # noqa: BLE001
+    PromptServer = None
+
+IN_COMFYUI = folder_paths is not None
+CATEGORY = "LiT"
+LIT_FOLDER = "lit"
+MODEL_EXTENSIONS = {".safetensors", ".sft", ".json"}
+
+# Plain-Python stand-in for folder_paths: folder name -> sub-directories of the models dir.
+_FALLBACK_FOLDERS = {
+    "text_encoders": ["text_encoders", "clip"],
+    "clip_vision": ["clip_vision"],
+    LIT_FOLDER: [LIT_FOLDER],
+}
+
+
+def models_dir() -> str:
+    """The models directory outside ComfyUI (env ``COMFYUI_LIT_MODELS``, else ``./models``)."""
+    return os.environ.get("COMFYUI_LIT_MODELS", os.path.join(os.getcwd(), "models"))
+
+
+def register_model_folders() -> None:
+    """Register our ``models/lit`` folder for adapters next to ComfyUI's own folders."""
+    if folder_paths is None:
+        return
+    path = os.path.join(folder_paths.models_dir, LIT_FOLDER)
+    os.makedirs(path, exist_ok=True)
+    if hasattr(folder_paths, "add_model_folder_path"):
+        folder_paths.add_model_folder_path(LIT_FOLDER, path)
+    if LIT_FOLDER in folder_paths.folder_names_and_paths:
+        paths, exts = folder_paths.folder_names_and_paths[LIT_FOLDER]
+        folder_paths.folder_names_and_paths[LIT_FOLDER] = (paths, set(exts) | {".safetensors"})
+
+
+def folder_dirs(folder: str) -> list[str]:
+    """All directories that make up a model folder (``text_encoders`` also covers the old ``clip``)."""
+    if folder_paths is not None:
+        try:
+            return list(folder_paths.get_folder_paths(folder))
+        except Exception:  # noqa: BLE001 - unknown folder name
+            return []
+    return [os.path.join(models_dir(), sub) for sub in _FALLBACK_FOLDERS.get(folder, [folder])]
+
+
+def list_models(folder: str, *, include_dirs: bool = True) -> list[str]:
+    """Files (and HF model folders, which hold a ``config.json``) inside a model folder, relative names."""
+    names: set[str] = set()
+    if folder_paths is not None:
+        try:
+            names.update(n for n in folder_paths.get_filename_list(folder)
+                         if os.path.splitext(n)[1].lower() in {".safetensors", ".sft"})
+        except Exception:  # noqa: BLE001
+            pass
+    for root in folder_dirs(folder):
+        if not os.path.isdir(root):
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            rel = os.path.relpath(dirpath, root)
+            if include_dirs and "config.json" in filenames and rel != ".":
+                names.add(rel.replace(os.sep, "/"))
+                dirnames[:] = []  # an HF folder is one model; don't list its shards
+                continue
+            for f in filenames:
+                if os.path.splitext(f)[1].lower() in {".safetensors", ".sft"}:
+                    names.add(os.path.normpath(os.path.join(rel, f)).replace(os.sep, "/"))
+    return sorted(names)
+
+
+def resolve_model(folder: str, name: str, *, input_name: str, node: str) -> str:
+    """Full path of ``name`` inside a model folder, or a clear error saying where to put it."""
+    if os.path.isabs(name) and os.path.exists(name):
+        return name
+    for root in folder_dirs(folder):
+        path = os.path.join(root, name)
+        if os.path.exists(path):
+            return path
+    where = ", ".join(folder_dirs(folder)) or f"models/{folder}"
+    raise LitError(f"'{name}' was not found in the '{folder}' model folder ({where}).", input_name=input_name,
+                   fix=f"put the file (or HF folder) in {where} and refresh the page (press 'r').", node=node)
+
+
+def torch_device() -> torch.device:
+    """The host's compute device (ComfyUI's choice inside ComfyUI, else CUDA when present, else CPU)."""
+    if comfy_mm is not None:
+        return comfy_mm.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_interrupted() -> None:
+    """Raise the host's interruption exception when the user pressed Cancel."""
+    if comfy_mm is not None:
+        comfy_mm.throw_exception_if_processing_interrupted()
+
+
+def interrupted_exception_types() -> tuple[type[BaseException], ...]:
+    """Exception types that mean 'the user cancelled' (so trainers can keep their best state)."""
+    if comfy_mm is not None and hasattr(comfy_mm, "InterruptProcessingException"):
+        return (comfy_mm.InterruptProcessingException, KeyboardInterrupt)
+    return (KeyboardInterrupt,)
+
+
+class Progress:
+    """ComfyUI's progress bar inside the host, tqdm outside it. Call ``update(n)``; ``close()`` when done."""
+
+    def __init__(self, total: int, desc: str = "LiT") -> None:
+        self.total = max(int(total), 1)
+        self._bar: Any
+        if comfy_utils is not None:
+            self._bar = comfy_utils.ProgressBar(self.total)
+            self._tqdm = None
+        else:
+            from tqdm.auto import tqdm
+
+            self._bar = None
+            self._tqdm = tqdm(total=self.total, desc=desc, leave=False, disable=None)
+
+    def update(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+        elif self._tqdm is not None:
+            self._tqdm.update(n)
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+
+
+def progress_callback(total: int, desc: str = "LiT") -> Callable[[int], None]:
+    """A ``callback(step)`` for engine loops: advances the progress bar and honours Cancel."""
+    bar = Progress(total, desc)
+    done = [0]
+
+    def callback(step: int) -> None:
+        check_interrupted()
+        if step > done[0]:
+            bar.update(step - done[0])
+            done[0] = step
+        if step >= total:
+            bar.close()
+
+    return callback
+
+
+def send_event(event: str, data: dict[str, Any]) -> None:
+    """Send a custom event to the front-end (``api.addEventListener(event, ...)`` in JS); no-op without a host."""
+    if PromptServer is None or getattr(PromptServer, "instance", None) is None:
+        return
+    try:
+        PromptServer.instance.send_sync(event, data)
+    except Exception:  # noqa: BLE001 - a UI hiccup must never fail a run
+        pass
+
+
+@contextmanager
+def node_errors(node: str) -> Iterator[None]:
+    """Inside a node, name the node in every :class:`LitError`."""
+    try:
+        yield
+    except LitError as err:
+        raise err.with_node(node) from err.__cause__
+
+
+def with_node_errors(node: str) -> Callable:
+    """Decorator form of :func:`node_errors` for a node's FUNCTION."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            with node_errors(node):
+                return fn(*args, **kwargs)
+
+        return inner
+
+    return wrap
+
+
+@contextmanager
+def trainable() -> Iterator[None]:
+    """Nodes run under ``torch.inference_mode()``; optimisation inside a node needs it lifted."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def comfy_tokenizer_dirs() -> dict[str, list[str]]:
+    """Tokenizer folders ComfyUI ships, per architecture, for single-file text encoders without their own."""
+    try:  # pragma: no cover - only inside ComfyUI
+        import comfy  # type: ignore[import-not-found]
+    except Exception:  # noqa: BLE001
+        return {}
+    base = os.path.dirname(os.path.abspath(comfy.__file__))
+    clip = os.path.join(base, "sd1_tokenizer")
+    return {"clip": [clip]} if os.path.isdir(clip) else {}
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(choice: str, device: torch.device, *, trainable: bool) -> torch.dtype:
+    """``auto``: fp32 on the CPU and for anything trained; fp16/bf16 for a locked tower on a GPU."""
+    if choice in DTYPES:
+        return DTYPES[choice]
+    if device.type == "cuda" and not trainable:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def resolve_device(choice: str) -> torch.device:
+    return torch.device("cpu") if choice == "cpu" else torch_device()
