@@ -21,7 +21,7 @@ from .safetensors_io import load_tensors, save_tensors_atomic
 from .vision_arch import VisionArch, build_vision_backbone, detect_vision_arch
 from .weights import WeightSource, read_weights
 
-DEFAULT_IMAGE_NAME = "EfficientNet-Lite0 ImageNet (embedded)"
+DEFAULT_IMAGE_NAME = "EfficientNet-Lite0 ImageNet"
 
 
 class ImageTower(nn.Module):

@@ -212,6 +212,9 @@ def load_hf_model(cls, config, state: dict[str, torch.Tensor], *, attn_implement
                   path: str, what: str, **kwargs) -> torch.nn.Module:
     """``from_pretrained`` on in-memory weights (so transformers applies its own checkpoint-key conversions),
     refusing what it would only warn about: missing weights would be left randomly initialised."""
+    verbosity = transformers.logging.get_verbosity()
+    # We check the loading report ourselves (below); transformers' own printout of it is only noise.
+    transformers.logging.set_verbosity_error()
     try:
         model, info = cls.from_pretrained(None, config=config, state_dict=state, attn_implementation=attn_implementation,
                                           output_loading_info=True, **kwargs)
@@ -219,6 +222,8 @@ def load_hf_model(cls, config, state: dict[str, torch.Tensor], *, attn_implement
         raise LitError(f"'{path}' does not fit a {what}: {str(err).splitlines()[0][:300]}", input_name=input_name,
                        fix="the config beside the file does not match the weights, or the file is another "
                            "model; remove the config.json or pick another file.") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     missing = [k for k in info.get("missing_keys", []) if not any(s in k for s in _IGNORABLE)]
     mismatched = info.get("mismatched_keys", [])
     if missing or mismatched:

@@ -16,7 +16,7 @@ from .weights import read_weights
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model",
                    "sentencepiece.bpe.model")
-DEFAULT_TEXT_NAME = "all-MiniLM-L6-v2 (embedded)"
+DEFAULT_TEXT_NAME = "all-MiniLM-L6-v2"
 
 
 class TextTower(nn.Module):

@@ -239,3 +239,19 @@ def resolve_dtype(choice: str, device: torch.device, *, trainable: bool) -> torc
 
 def resolve_device(choice: str) -> torch.device:
     return torch.device("cpu") if choice == "cpu" else torch_device()
+
+
+def input_directory() -> str | None:
+    """ComfyUI's ``input/`` folder (relative dataset paths are looked up there), or None outside ComfyUI."""
+    if folder_paths is None:
+        return None
+    try:
+        return folder_paths.get_input_directory()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def lit_save_dir() -> str:
+    """Where adapters are saved: the first ``lit`` model folder."""
+    dirs = folder_dirs(LIT_FOLDER)
+    return dirs[0] if dirs else os.path.join(models_dir(), LIT_FOLDER)

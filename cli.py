@@ -1,0 +1,213 @@
+"""Command line: the same engine as the nodes, for servers and scripts.
+
+    python -m comfyui_lit demo                       # the main job on the embedded towers
+    python -m comfyui_lit train DATA --out a.safetensors [--text-encoder P] [--image-encoder P] [--mode lora]
+    python -m comfyui_lit classify IMAGES... --adapter a.safetensors --labels "cat,dog"
+    python -m comfyui_lit score IMAGES... --adapter a.safetensors --prompts "a cat;a dog"
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+import torch
+
+from .models.errors import LitError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def _towers(args: argparse.Namespace):
+    from .models.image_tower import load_image_tower
+    from .models.text_tower import load_text_tower
+
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    return (load_image_tower(args.image_encoder or None, device=device),
+            load_text_tower(args.text_encoder or None, device=device))
+
+
+def _add_tower_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-encoder", default="", help="HF folder or .safetensors (default: embedded MiniLM)")
+    p.add_argument("--image-encoder", default="", help="HF folder or .safetensors (default: embedded "
+                                                       "EfficientNet-Lite0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+
+
+def _add_train_args(p: argparse.ArgumentParser, steps: int, mode: str) -> None:
+    p.add_argument("--mode", choices=["head", "lora", "full"], default=mode)
+    p.add_argument("--loss", choices=["softmax", "sigmoid"], default="softmax")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--val-every", type=int, default=25)
+    p.add_argument("--cache-dir", default="", help="image-embedding cache (default: DATA/.lit_cache)")
+
+
+def _train(args: argparse.Namespace, data: str):
+    from .models.dataset import load_dataset
+    from .models.lit_model import LitModel
+    from .models.trainer import TrainConfig, train_locked
+
+    image, text = _towers(args)
+    dataset = load_dataset(data)
+    model = LitModel(image, text, mode=args.mode, loss=args.loss, lora_rank=args.lora_rank, seed=args.seed)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         val_fraction=args.val_fraction, val_every=args.val_every)
+    result = train_locked(model, dataset, config, cache_dir=args.cache_dir or None)
+    return model, result
+
+
+def _print_recall(result) -> None:
+    keys = ["i2t_r@1", "i2t_r@5", "t2i_r@1", "t2i_r@5", "zero_shot_acc"]
+    before, after = result.before_metrics, result.best_metrics
+    shown = [k for k in keys if k in before or k in after]
+    if not shown:
+        return
+    print(f"\n{'validation':<14}{'before':>8}{'after':>8}")
+    for k in shown:
+        print(f"{k:<14}{before.get(k, float('nan')):>8.3f}{after.get(k, float('nan')):>8.3f}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .models.lit_model import save_adapter
+
+    model, result = _train(args, args.data)
+    print(result.report)
+    _print_recall(result)
+    print(f"\nadapter written to {save_adapter(model, args.out)}")
+    return 0
+
+
+def _read_images(paths: list[str]) -> tuple[list[str], list[torch.Tensor]]:
+    from .models.dataset import read_image
+
+    files: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            files += sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTS))
+        else:
+            files.append(p)
+    if not files:
+        raise LitError("no images given.", input_name="images", fix="pass image files or folders.")
+    return files, [read_image(f) for f in files]
+
+
+def _loaded_model(args: argparse.Namespace):
+    from .models.lit_model import load_adapter
+
+    image, text = _towers(args)
+    return load_adapter(args.adapter, image, text, force=args.force)
+
+
+def _split(text: str) -> list[str]:
+    sep = ";" if ";" in text else ","
+    return [t.strip() for t in text.split(sep) if t.strip()]
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from .models.zero_shot import classify
+
+    model = _loaded_model(args)
+    labels = _split(args.labels)
+    files, images = _read_images(args.images)
+    for f, img in zip(files, images, strict=True):
+        probs = classify(model, img[None], labels, args.templates.split("|"))[0]
+        top = probs.argsort(descending=True)[:3].tolist()
+        print(f"{os.path.basename(f)}: " + ", ".join(f"{labels[i]} {100 * float(probs[i]):.1f}%" for i in top))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .models.zero_shot import score
+
+    model = _loaded_model(args)
+    prompts = _split(args.prompts)
+    files, images = _read_images(args.images)
+    width = max(len(os.path.basename(f)) for f in files) + 2
+    print(" " * width + "".join(f"{p[:18]:>20}" for p in prompts))
+    for f, img in zip(files, images, strict=True):
+        sims = score(model, img[None], prompts)[0]
+        print(f"{os.path.basename(f):<{width}}" + "".join(f"{float(s):>20.3f}" for s in sims))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on the embedded defaults: build a captioned set from scikit-image's photos, LiT-tune the
+    text side against the locked EfficientNet-Lite0, print recall before/after and the similarity table."""
+    import torch.nn.functional as F
+
+    from .models.dataset import load_dataset, read_image
+    from .models.demo_data import SKIMAGE_PHOTOS, skimage_captioned_set
+    from .models.lit_model import save_adapter
+
+    work = args.workdir or os.path.join(tempfile.gettempdir(), "comfyui_lit_demo")
+    data = skimage_captioned_set(os.path.join(work, "photos"), crops_per_photo=args.crops)
+    print(f"dataset: {load_dataset(data).report()}")
+    model, result = _train(args, data)
+    print()
+    print(result.report)
+    _print_recall(result)
+
+    names = [n for n in SKIMAGE_PHOTOS if os.path.exists(os.path.join(data, f"{n}_0.jpg"))]
+    images = [read_image(os.path.join(data, f"{n}_0.jpg")) for n in names]
+    captions = [SKIMAGE_PHOTOS[n][0] for n in names]
+    with torch.no_grad():
+        img = torch.cat([model.encode_image(i[None]) for i in images])
+        txt = F.normalize(model.encode_text(captions), dim=-1).to(img.device)
+    sims = (img @ txt.t()).cpu()
+    print("\nimage-text cosine similarity after LiT tuning (rows: photos, columns: their captions)")
+    short = [n[:7] for n in names]
+    print(f"{'':<22}" + "".join(f"{s:>8}" for s in short))
+    for n, row in zip(names, sims, strict=True):
+        mark = "".join(f"{float(v):>7.2f}{'*' if j == int(row.argmax()) else ' '}" for j, v in enumerate(row))
+        print(f"{n[:20]:<22}{mark}")
+    hits = sum(int(row.argmax()) == i for i, row in enumerate(sims))
+    print(f"(* = best caption per photo; {hits}/{len(names)} photos pick their own caption)")
+    print(f"\nadapter written to {save_adapter(model, os.path.join(work, 'demo_adapter.safetensors'))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comfyui_lit", description="Locked-image Tuning (LiT) from the command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the main job: LiT-tune the embedded towers on scikit-image's photos")
+    _add_tower_args(p)
+    _add_train_args(p, steps=150, mode="head")
+    p.add_argument("--crops", type=int, default=6, help="random crops per photo (data augmentation)")
+    p.add_argument("--workdir", default="", help="where the photo set, cache and adapter go")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="tune on a folder of images + .txt captions, or a JSONL/CSV manifest")
+    p.add_argument("data")
+    p.add_argument("--out", required=True, help="adapter .safetensors to write")
+    _add_tower_args(p)
+    _add_train_args(p, steps=300, mode="lora")
+    p.set_defaults(func=cmd_train)
+
+    for name, func, what in (("classify", cmd_classify, "--labels"), ("score", cmd_score, "--prompts")):
+        p = sub.add_parser(name, help=f"{name} images with a saved adapter")
+        p.add_argument("images", nargs="+", help="image files or folders")
+        p.add_argument("--adapter", required=True)
+        p.add_argument("--force", action="store_true", help="load onto other encoders than it was trained with")
+        p.add_argument(what, required=True, dest=what[2:], help="comma- or semicolon-separated")
+        if name == "classify":
+            p.add_argument("--templates", default="a photo of a {}.|{}", help="'|'-separated prompt templates")
+        _add_tower_args(p)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

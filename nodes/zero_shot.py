@@ -1,0 +1,138 @@
+"""Zero-shot nodes: classify, score and rank images with a LiT model (or any dual encoder wrapped the same way)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ..models.errors import LitError
+from ..models.zero_shot import classify, parse_lines, rank, score
+from .host import CATEGORY, check_interrupted, with_node_errors
+
+DEFAULT_TEMPLATES = "a photo of a {}.\na picture of a {}.\n{}"
+MAX_TABLE_IMAGES = 64  # the text table stays readable; JSON outputs always hold every image
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*["-" * w for w in widths])] + [fmt.format(*r) for r in rows])
+
+
+class LiTZeroShotClassify:
+    DISPLAY = "LiT Zero-Shot Classify"
+    DESCRIPTION = ("Picks the best label for each image among the labels you write, one per line, using prompt "
+                   "templates averaged per label (prompt ensembling). No training needed beyond the LiT adapter.")
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = ("STRING", "STRING", "STRING")
+    RETURN_NAMES = ("labels", "probabilities_json", "table")
+    OUTPUT_TOOLTIPS = ("The best label of each image, one per line.",
+                       "JSON: per image, every label with its probability, sorted.",
+                       "A readable table of the top labels per image.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "lit_model": ("LIT_MODEL", {"tooltip": "A tuned LiT model."}),
+            "image": ("IMAGE", {"tooltip": "Images to classify."}),
+            "labels": ("STRING", {"multiline": True, "default": "cat\ndog\nbird",
+                                  "tooltip": "Class names, one per line."}),
+            "templates": ("STRING", {"multiline": True, "default": DEFAULT_TEMPLATES,
+                                     "tooltip": "Prompt templates, one per line; '{}' is replaced by the label. The "
+                                                "label's embedding is the average over templates."}),
+            "top_k": ("INT", {"default": 3, "min": 1, "max": 100, "tooltip": "Labels shown per image in the table."}),
+        }}
+
+    @with_node_errors(DISPLAY)
+    def run(self, lit_model, image: torch.Tensor, labels: str, templates: str, top_k: int = 3):
+        names = parse_lines(labels)
+        check_interrupted()
+        probs = classify(lit_model, image, names, templates).float().cpu()
+        k = min(top_k, len(names))
+        best, per_image, rows = [], [], []
+        for i, p in enumerate(probs):
+            vals, idx = p.sort(descending=True)
+            ranked = [{"label": names[j], "p": round(float(v), 6)}
+                      for v, j in zip(vals.tolist(), idx.tolist(), strict=True)]
+            per_image.append(ranked)
+            best.append(ranked[0]["label"])
+            if i < MAX_TABLE_IMAGES:
+                rows.append([str(i), *[f"{r['label']} {100 * r['p']:.1f}%" for r in ranked[:k]]])
+        table = _table(rows, ["image", *[f"#{j + 1}" for j in range(k)]])
+        data = {"labels": names, "images": per_image}
+        return {"ui": {"text": [table], "lit_probs": [data]},
+                "result": ("\n".join(best), json.dumps(data), table)}
+
+
+class LiTScore:
+    DISPLAY = "LiT Score"
+    DESCRIPTION = "Similarity of every image to every prompt (cosine in the LiT space, -1..1)."
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = ("STRING", "STRING", "FLOAT")
+    RETURN_NAMES = ("scores_json", "table", "first_score")
+    OUTPUT_TOOLTIPS = ("JSON matrix: scores[image][prompt].", "A readable table.",
+                       "Score of the first image for the first prompt (to drive other nodes).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "lit_model": ("LIT_MODEL", {"tooltip": "A tuned LiT model."}),
+            "image": ("IMAGE", {"tooltip": "Images to score."}),
+            "prompts": ("STRING", {"multiline": True, "default": "a sharp, well-exposed photo\na blurry, dark photo",
+                                   "tooltip": "Prompts, one per line."}),
+        }}
+
+    @with_node_errors(DISPLAY)
+    def run(self, lit_model, image: torch.Tensor, prompts: str):
+        names = parse_lines(prompts)
+        check_interrupted()
+        sims = score(lit_model, image, names).float().cpu()
+        rows = [[str(i), *[f"{v:+.3f}" for v in row.tolist()]] for i, row in enumerate(sims[:MAX_TABLE_IMAGES])]
+        table = _table(rows, ["image", *names])
+        data = {"prompts": names, "scores": [[round(v, 6) for v in row] for row in sims.tolist()]}
+        return {"ui": {"text": [table], "lit_scores": [data]},
+                "result": (json.dumps(data), table, float(sims[0, 0]))}
+
+
+class LiTSelectImages:
+    DISPLAY = "LiT Select Top Images"
+    DESCRIPTION = ("Keeps the top-k images of a batch for a prompt, best first: filter or route generations by "
+                   "what they show.")
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = ("IMAGE", "STRING", "STRING")
+    RETURN_NAMES = ("images", "indices", "scores")
+    OUTPUT_TOOLTIPS = ("The selected images, best first.", "Their positions in the input batch (comma-separated).",
+                       "Their scores (comma-separated).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "lit_model": ("LIT_MODEL", {"tooltip": "A tuned LiT model."}),
+            "image": ("IMAGE", {"tooltip": "The batch to choose from."}),
+            "prompt": ("STRING", {"multiline": True, "default": "a photo of a cat", "tooltip": "What to look for."}),
+            "top_k": ("INT", {"default": 1, "min": 1, "max": 4096, "tooltip": "How many images to keep."}),
+        }}
+
+    @with_node_errors(DISPLAY)
+    def run(self, lit_model, image: torch.Tensor, prompt: str, top_k: int = 1):
+        if image.dim() != 4:
+            raise LitError(f"expected an IMAGE batch [B,H,W,C], got {tuple(image.shape)}.", input_name="image",
+                           fix="connect an IMAGE output.")
+        idx, vals = rank(lit_model, image, prompt, top_k)
+        picked = image[idx.to(image.device)]
+        shown = ", ".join(f"#{i}: {v:+.3f}" for i, v in zip(idx.tolist(), vals.tolist(), strict=True))
+        return {"ui": {"text": [shown]},
+                "result": (picked, ",".join(str(i) for i in idx.tolist()),
+                           ",".join(f"{v:.6f}" for v in vals.tolist()))}
+
+
+NODE_CLASS_MAPPINGS = {
+    "LiTZeroShotClassify": LiTZeroShotClassify,
+    "LiTScore": LiTScore,
+    "LiTSelectImages": LiTSelectImages,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY for k, v in NODE_CLASS_MAPPINGS.items()}
