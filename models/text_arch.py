@@ -215,15 +215,19 @@ def load_hf_model(cls, config, state: dict[str, torch.Tensor], *, attn_implement
     verbosity = transformers.logging.get_verbosity()
     # We check the loading report ourselves (below); transformers' own printout of it is only noise.
     transformers.logging.set_verbosity_error()
+    bar = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
     try:
-        model, info = cls.from_pretrained(None, config=config, state_dict=state, attn_implementation=attn_implementation,
-                                          output_loading_info=True, **kwargs)
+        model, info = cls.from_pretrained(None, config=config, state_dict=state, output_loading_info=True,
+                                          attn_implementation=attn_implementation, **kwargs)
     except (RuntimeError, ValueError) as err:
         raise LitError(f"'{path}' does not fit a {what}: {str(err).splitlines()[0][:300]}", input_name=input_name,
                        fix="the config beside the file does not match the weights, or the file is another "
                            "model; remove the config.json or pick another file.") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
+        if bar:
+            transformers.utils.logging.enable_progress_bar()
     missing = [k for k in info.get("missing_keys", []) if not any(s in k for s in _IGNORABLE)]
     mismatched = info.get("mismatched_keys", [])
     if missing or mismatched:
