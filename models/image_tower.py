@@ -17,7 +17,7 @@ from torch import nn
 
 from .errors import LitError
 from .fingerprint import fingerprint_state
-from .safetensors_io import load_tensors, save_tensors_atomic
+from .safetensors_io import save_tensors_atomic
 from .vision_arch import VisionArch, build_vision_backbone, detect_vision_arch
 from .weights import WeightSource, read_weights
 

@@ -67,7 +67,7 @@ def _openclip_visual_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
             base = f"vision_model.encoder.layers.{i}."
             if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
                 kind = "weight" if rest.endswith("weight") else "bias"
-                for name, part in zip(("q_proj", "k_proj", "v_proj"), v.chunk(3, dim=0)):
+                for name, part in zip(("q_proj", "k_proj", "v_proj"), v.chunk(3, dim=0), strict=True):
                     out[base + f"self_attn.{name}.{kind}"] = part.contiguous()
                 continue
             rest = (rest.replace("attn.out_proj", "self_attn.out_proj").replace("ln_1", "layer_norm1")

@@ -127,7 +127,8 @@ class LiTLockedTuning:
                                    "contrastive learning likes large batches."}),
             "learning_rate": ("FLOAT", {"default": 1e-3, "min": 1e-7, "max": 1.0, "step": 1e-5,
                                         "tooltip": "Peak learning rate (cosine schedule with warm-up)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Same seed, same run."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Same seed, same run."}),
         }, "optional": {
             "lora_rank": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "LoRA rank (mode 'lora')."}),
             "validation_fraction": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.5, "step": 0.01,

@@ -7,7 +7,6 @@ import os
 import string
 
 import torch
-from comfyui_lit.models.text_tower import _from_vocab_files
 from safetensors.torch import save_file
 from transformers import (
     BertConfig,
@@ -27,6 +26,8 @@ from transformers import (
     ViTConfig,
     ViTModel,
 )
+
+from comfyui_lit.models.text_tower import _from_vocab_files
 
 WORDS = ["a", "photo", "of", "cat", "dog", "red", "blue", "green", "circle", "square", "bright", "dark", "the", "on"]
 HIDDEN, HEADS = 128, 2  # 64-wide heads, as the loader assumes for widths it doesn't know
@@ -166,7 +167,8 @@ def hf_to_openclip_visual(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     out = {"visual.class_embedding": state[p + "embeddings.class_embedding"],
            "visual.conv1.weight": state[p + "embeddings.patch_embedding.weight"],
            "visual.positional_embedding": state[p + "embeddings.position_embedding.weight"],
-           "visual.ln_pre.weight": state[p + "pre_layrnorm.weight"], "visual.ln_pre.bias": state[p + "pre_layrnorm.bias"],
+           "visual.ln_pre.weight": state[p + "pre_layrnorm.weight"],
+           "visual.ln_pre.bias": state[p + "pre_layrnorm.bias"],
            "visual.ln_post.weight": state[p + "post_layernorm.weight"],
            "visual.ln_post.bias": state[p + "post_layernorm.bias"],
            "visual.proj": state["visual_projection.weight"].t().contiguous()}
