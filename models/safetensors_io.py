@@ -81,6 +81,14 @@ def load_tensors(path: str, *, input_name: str = "file", device: str | torch.dev
     return out
 
 
+def _publish(tmp: str, path: str) -> None:
+    # mkstemp creates 0600 files; a saved model should get the usual permissions (0666 minus the umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def save_tensors_atomic(tensors: Mapping[str, torch.Tensor], path: str,
                         metadata: Mapping[str, str] | None = None) -> str:
     """Write a safetensors file under a temporary name, then rename it, so a crash never leaves half a file."""
@@ -91,7 +99,7 @@ def save_tensors_atomic(tensors: Mapping[str, torch.Tensor], path: str,
     try:
         clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         save_file(clean, tmp, metadata=dict(metadata) if metadata else None)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -107,7 +115,7 @@ def write_text_atomic(text: str, path: str) -> str:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -216,12 +216,10 @@ def trainable() -> Iterator[None]:
 
 def comfy_tokenizer_dirs() -> dict[str, list[str]]:
     """Tokenizer folders ComfyUI ships, per architecture, for single-file text encoders without their own."""
-    try:  # pragma: no cover - only inside ComfyUI
-        import comfy  # type: ignore[import-not-found]
-    except Exception:  # noqa: BLE001
+    if comfy_utils is None or not getattr(comfy_utils, "__file__", None):
         return {}
-    base = os.path.dirname(os.path.abspath(comfy.__file__))
-    clip = os.path.join(base, "sd1_tokenizer")
+    # `comfy` is a namespace package (no __file__); its modules know where they live.
+    clip = os.path.join(os.path.dirname(os.path.abspath(comfy_utils.__file__)), "sd1_tokenizer")
     return {"clip": [clip]} if os.path.isdir(clip) else {}
 
 
