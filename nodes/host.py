@@ -253,3 +253,33 @@ def lit_save_dir() -> str:
     """Where adapters are saved: the first ``lit`` model folder."""
     dirs = folder_dirs(LIT_FOLDER)
     return dirs[0] if dirs else os.path.join(models_dir(), LIT_FOLDER)
+
+
+def save_preview_images(images: torch.Tensor, prefix: str = "lit_preview") -> list[dict[str, str]]:
+    """Write ``[B,H,W,C]`` images to ComfyUI's temp folder for the front-end; ``[]`` outside ComfyUI.
+
+    Returns the ``{"filename", "subfolder", "type"}`` records the front-end's ``/view`` route serves.
+    """
+    if folder_paths is None:
+        return []
+    import uuid
+
+    import numpy as np
+    from PIL import Image
+
+    folder = folder_paths.get_temp_directory()
+    os.makedirs(folder, exist_ok=True)
+    out = []
+    for img in images.detach().float().cpu().clamp(0, 1):
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}.png"
+        Image.fromarray((img.numpy()[..., :3] * 255).round().astype(np.uint8)).save(os.path.join(folder, name),
+                                                                                     compress_level=1)
+        out.append({"filename": name, "subfolder": "", "type": "temp"})
+    return out
+
+
+def compare_ui(before: torch.Tensor, after: torch.Tensor, prefix: str) -> dict[str, list]:
+    """The ``ui`` entry the front-end's before/after slider reads: ``{"lit_compare": [{"before", "after"}]}``."""
+    b = save_preview_images(before, prefix + "_before")
+    a = save_preview_images(after, prefix + "_after")
+    return {"lit_compare": [{"before": x, "after": y} for x, y in zip(b, a, strict=True)]}
