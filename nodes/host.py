@@ -283,3 +283,9 @@ def compare_ui(before: torch.Tensor, after: torch.Tensor, prefix: str) -> dict[s
     b = save_preview_images(before, prefix + "_before")
     a = save_preview_images(after, prefix + "_after")
     return {"lit_compare": [{"before": x, "after": y} for x, y in zip(b, a, strict=True)]}
+
+
+def load_models_gpu(models: list) -> None:
+    """Ask ComfyUI to put these model patchers on its device (and offload others); no-op outside ComfyUI."""
+    if comfy_mm is not None and models:
+        comfy_mm.load_models_gpu(models)

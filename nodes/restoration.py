@@ -1,0 +1,244 @@
+"""Restoration nodes: a plug-and-play restoration sampler and a node that makes known test damage."""
+
+from __future__ import annotations
+
+import torch
+
+from ..models import degradations as deg
+from ..models.denoisers import DCTDenoiser, DiffusionDenoiser
+from ..models.errors import LitError
+from ..models.restoration_sampler import restore, schedule_for
+from . import host
+from .host import CATEGORY, check_interrupted, compare_ui, progress_callback, torch_device, with_node_errors
+
+RESTORE_TASKS = ["denoise", "deblur (gaussian)", "deblur (motion)", "inpaint", "upscale x2", "upscale x3",
+                 "upscale x4", "jpeg artifacts"]
+DAMAGE = ["noise", "poisson noise", "blur (gaussian)", "blur (motion)", "random pixels", "scratches",
+          "downscale x2", "downscale x3", "downscale x4", "jpeg"]
+
+
+def _kernel(task: str, blur_sigma: float, motion_length: float, motion_angle: float) -> torch.Tensor:
+    if "motion" in task:
+        return deg.motion_kernel(motion_length, motion_angle)
+    return deg.gaussian_kernel(blur_sigma)
+
+
+def build_operator(task: str, y: torch.Tensor, *, noise_sigma: float = 0.0, poisson_gain: float = 0.0,
+                   blur_sigma: float = 2.0, motion_length: float = 9.0, motion_angle: float = 0.0,
+                   mask: torch.Tensor | None = None, downsample: str = "bicubic",
+                   jpeg_quality: int = 0) -> deg.Degradation:
+    """The degradation operator for one of :data:`RESTORE_TASKS` (noise levels in 0..255 units, 0 = estimate)."""
+    if noise_sigma < 0:
+        raise LitError("the noise level must be >= 0 (0 = estimate it from the image).", input_name="noise_sigma")
+    sigma = noise_sigma / 255.0 if noise_sigma > 0 else None
+    if task == "denoise":
+        return deg.Denoise(y, sigma, gain=poisson_gain / 255.0)
+    if task.startswith("deblur"):
+        return deg.Deblur(y, _kernel(task, blur_sigma, motion_length, motion_angle),
+                          sigma if sigma is not None else deg.SIGMA_FLOOR)
+    if task == "inpaint":
+        if mask is None:
+            raise LitError("inpainting needs a mask (white = missing).", input_name="mask",
+                           fix="connect a MASK, e.g. from 'LiT Degrade' or a mask editor.")
+        return deg.Inpaint(y, mask, sigma)
+    if task.startswith("upscale"):
+        return deg.Upscale(y, int(task[-1]), downsample, sigma)
+    if task == "jpeg artifacts":
+        return deg.JPEG(y, jpeg_quality if jpeg_quality > 0 else None)
+    raise LitError(f"unknown restoration task '{task}'.", input_name="degradation",
+                   fix=f"choose one of {', '.join(RESTORE_TASKS)}.")
+
+
+class LiTRestorationSampler:
+    DISPLAY = "LiT Restoration Sampler"
+    DESCRIPTION = ("Restores a damaged photo given what happened to it (noise, blur, missing pixels, low "
+                   "resolution, JPEG blocks). An iterative plug-and-play sampler: a closed-form data-consistency "
+                   "step for the damage, a denoiser prior at decreasing noise levels (built in, or your diffusion "
+                   "MODEL+VAE), and optional LiT guidance toward a prompt.")
+    CATEGORY = f"{CATEGORY}/restore"
+    FUNCTION = "run"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The restored images (upscaling multiplies the size by the factor).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "The damaged images (any size, any batch)."}),
+                "degradation": (RESTORE_TASKS, {"default": "denoise",
+                                                "tooltip": "What happened to the image: the sampler inverts "
+                                                           "exactly this."}),
+                "noise_sigma": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 255.0, "step": 0.5,
+                                          "tooltip": "Noise std in 0..255 units; 0 estimates it from the image "
+                                                     "(denoise) or assumes clean data (other tasks)."}),
+                "steps": ("INT", {"default": 0, "min": 0, "max": 200,
+                                  "tooltip": "Sampler steps; 0 uses the task's tuned default."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "Seed of the re-noising (and of the diffusion prior): the same seed "
+                                            "gives the same result."}),
+                "strength": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
+                                       "tooltip": "How high the noise schedule starts: lower keeps more of the "
+                                                  "input, higher lets the prior change more."}),
+            },
+            "optional": {
+                "mask": ("MASK", {"tooltip": "Inpainting: 1 (white) = missing pixels to fill. Same size as "
+                                             "the image."}),
+                "blur_sigma": ("FLOAT", {"default": 2.0, "min": 0.1, "max": 20.0, "step": 0.1,
+                                         "tooltip": "Deblur (gaussian): the blur's std in pixels."}),
+                "motion_length": ("FLOAT", {"default": 9.0, "min": 1.0, "max": 100.0, "step": 0.5,
+                                            "tooltip": "Deblur (motion): the streak length in pixels."}),
+                "motion_angle": ("FLOAT", {"default": 0.0, "min": -180.0, "max": 180.0, "step": 1.0,
+                                           "tooltip": "Deblur (motion): the streak direction in degrees."}),
+                "downsample": (["bicubic", "area"], {"default": "bicubic",
+                                                     "tooltip": "Upscale: how the small image was made "
+                                                                "(antialiased bicubic or box average)."}),
+                "jpeg_quality": ("INT", {"default": 0, "min": 0, "max": 100,
+                                         "tooltip": "JPEG: the quality it was saved at; 0 estimates it."}),
+                "poisson_gain": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                                           "tooltip": "Denoise: signal-dependent (shot) noise gain in 0..255 "
+                                                      "units; 0 = plain Gaussian noise."}),
+                "stochastic": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                         "tooltip": "Fresh seeded noise added before each prior step (0 = "
+                                                    "deterministic DPIR, 1 = fully re-noised)."}),
+                "lit_model": ("LIT_MODEL", {"tooltip": "Optional LiT model for semantic guidance."}),
+                "positive": ("STRING", {"multiline": True, "default": "",
+                                        "tooltip": "Guidance: what the restored photo should look like."}),
+                "negative": ("STRING", {"multiline": True, "default": "",
+                                        "tooltip": "Guidance: what it should not look like."}),
+                "guidance": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.05,
+                                       "tooltip": "Strength of the LiT guidance step (0 = off; needs a LiT "
+                                                  "model and a prompt)."}),
+                "model": ("MODEL", {"tooltip": "Optional diffusion model used as the prior (x0 prediction at "
+                                               "each noise level). Needs the VAE too."}),
+                "vae": ("VAE", {"tooltip": "The VAE that goes with the diffusion model."}),
+                "conditioning": ("CONDITIONING", {"tooltip": "Conditioning for the diffusion prior (e.g. CLIP "
+                                                             "Text Encode of a short description, or empty)."}),
+            },
+        }
+
+    @with_node_errors(DISPLAY)
+    def run(self, image: torch.Tensor, degradation: str, noise_sigma: float, steps: int, seed: int,
+            strength: float, mask: torch.Tensor | None = None, blur_sigma: float = 2.0, motion_length: float = 9.0,
+            motion_angle: float = 0.0, downsample: str = "bicubic", jpeg_quality: int = 0,
+            poisson_gain: float = 0.0, stochastic: float = 0.0, lit_model=None, positive: str = "",
+            negative: str = "", guidance: float = 0.0, model=None, vae=None, conditioning=None):
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3:
+            raise LitError("expected an IMAGE [B,H,W,C].", input_name="image")
+        check_interrupted()
+        device = torch_device()
+        y = image[..., :3].clone().float().permute(0, 3, 1, 2).to(device)
+        op = build_operator(degradation, y, noise_sigma=noise_sigma, poisson_gain=poisson_gain,
+                            blur_sigma=blur_sigma, motion_length=motion_length, motion_angle=motion_angle,
+                            mask=None if mask is None else mask.clone(), downsample=downsample,
+                            jpeg_quality=jpeg_quality)
+        if (model is None) != (vae is None):
+            raise LitError("a diffusion prior needs both MODEL and VAE.", input_name="vae" if vae is None else "model",
+                           fix="connect both, or neither for the built-in prior.")
+        if model is not None:
+            host.load_models_gpu([model])
+            denoiser = DiffusionDenoiser(model, vae, conditioning)
+        else:
+            # one-shot denoising can afford BM3D's grouped Wiener pass; iterative tasks call the prior many times
+            denoiser = DCTDenoiser(block_matching=degradation == "denoise")
+        n_steps = steps if steps > 0 else schedule_for(op).steps
+        if lit_model is not None and guidance > 0:
+            for member in ("encode_image", "encode_text"):
+                if not hasattr(lit_model, member):
+                    raise LitError("this input is not a LIT_MODEL.", input_name="lit_model",
+                                   fix="connect a LiT model loader or the Locked-image Tuning node.")
+        out = restore(op, denoiser, steps=n_steps, seed=seed, strength=strength, stochastic=stochastic,
+                      lit_model=lit_model, positive=[p for p in positive.splitlines() if p.strip()],
+                      negative=[p for p in negative.splitlines() if p.strip()], guidance=guidance,
+                      callback=progress_callback(n_steps, desc="LiT restore"))
+        result = out.permute(0, 2, 3, 1).float().cpu().contiguous()
+        return {"ui": compare_ui(image[..., :3], result, "lit_restore"), "result": (result,)}
+
+
+class LiTDegrade:
+    DISPLAY = "LiT Degrade"
+    DESCRIPTION = ("Makes known test damage (noise, blur + noise, missing pixels, scratches, downscaling, JPEG) "
+                   "so a workflow can show the Restoration Sampler's before and after. The damage follows the "
+                   "same models the sampler inverts.")
+    CATEGORY = f"{CATEGORY}/restore"
+    FUNCTION = "run"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("image", "mask")
+    OUTPUT_TOOLTIPS = ("The damaged images (downscaling makes them smaller).",
+                       "1 where pixels were removed (random pixels, scratches); zeros otherwise.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "Clean images to damage."}),
+                "damage": (DAMAGE, {"default": "noise", "tooltip": "The kind of damage."}),
+                "noise_sigma": ("FLOAT", {"default": 25.0, "min": 0.0, "max": 255.0, "step": 0.5,
+                                          "tooltip": "Gaussian noise std in 0..255 units, added for 'noise', "
+                                                     "'poisson noise' and after 'blur'/'downscale' (0 = none)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "Seed of the noise and masks."}),
+            },
+            "optional": {
+                "blur_sigma": ("FLOAT", {"default": 2.0, "min": 0.1, "max": 20.0, "step": 0.1,
+                                         "tooltip": "Blur (gaussian): std in pixels."}),
+                "motion_length": ("FLOAT", {"default": 9.0, "min": 1.0, "max": 100.0, "step": 0.5,
+                                            "tooltip": "Blur (motion): streak length in pixels."}),
+                "motion_angle": ("FLOAT", {"default": 0.0, "min": -180.0, "max": 180.0, "step": 1.0,
+                                           "tooltip": "Blur (motion): streak direction in degrees."}),
+                "fraction": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 0.99, "step": 0.01,
+                                       "tooltip": "Random pixels: the share of pixels removed."}),
+                "scratches": ("INT", {"default": 6, "min": 1, "max": 100,
+                                      "tooltip": "Scratches: how many lines."}),
+                "scratch_width": ("FLOAT", {"default": 3.0, "min": 1.0, "max": 50.0, "step": 0.5,
+                                            "tooltip": "Scratches: line width in pixels."}),
+                "downsample": (["bicubic", "area"], {"default": "bicubic",
+                                                     "tooltip": "Downscale: antialiased bicubic or box average."}),
+                "jpeg_quality": ("INT", {"default": 10, "min": 1, "max": 100,
+                                         "tooltip": "JPEG: quality to save at (PIL, standard tables, 4:2:0)."}),
+                "poisson_gain": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                                           "tooltip": "Poisson noise: shot-noise gain in 0..255 units."}),
+            },
+        }
+
+    @with_node_errors(DISPLAY)
+    def run(self, image: torch.Tensor, damage: str, noise_sigma: float, seed: int, blur_sigma: float = 2.0,
+            motion_length: float = 9.0, motion_angle: float = 0.0, fraction: float = 0.5, scratches: int = 6,
+            scratch_width: float = 3.0, downsample: str = "bicubic", jpeg_quality: int = 10,
+            poisson_gain: float = 5.0):
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3:
+            raise LitError("expected an IMAGE [B,H,W,C].", input_name="image")
+        if noise_sigma < 0:
+            raise LitError("the noise level must be >= 0.", input_name="noise_sigma")
+        gen = torch.Generator().manual_seed(int(seed))
+        x = image[..., :3].clone().float().permute(0, 3, 1, 2)
+        b, _, h, w = x.shape
+        mask = torch.zeros(b, h, w)
+        sigma = noise_sigma / 255.0
+        if damage in ("noise", "poisson noise"):
+            gain = poisson_gain / 255.0 if damage == "poisson noise" else 0.0
+            x = deg.add_noise(x, sigma, gain, gen)
+        elif damage.startswith("blur"):
+            x = deg.Deblur(x, _kernel(damage, blur_sigma, motion_length, motion_angle)).apply(x)
+            x = deg.add_noise(x, sigma, 0.0, gen) if sigma > 0 else x
+        elif damage in ("random pixels", "scratches"):
+            if damage == "random pixels":
+                mask = deg.random_mask((b, h, w), fraction, gen)
+            else:
+                mask = deg.scratch_mask((b, h, w), scratches, scratch_width, gen)
+            x = x * (1 - mask[:, None])
+        elif damage.startswith("downscale"):
+            x = deg.downscale(x, int(damage[-1]), downsample)
+            x = deg.add_noise(x, sigma, 0.0, gen) if sigma > 0 else x
+            mask = torch.zeros(b, x.shape[-2], x.shape[-1])
+        elif damage == "jpeg":
+            x = deg.jpeg_compress(x, jpeg_quality)
+        else:
+            raise LitError(f"unknown damage '{damage}'.", input_name="damage", fix=f"choose one of {DAMAGE}.")
+        if damage != "jpeg":
+            x = (x.clamp(0, 1) * 255).round() / 255  # what saving it as a PNG would keep
+        return (x.permute(0, 2, 3, 1).contiguous(), mask)
+
+
+NODE_CLASS_MAPPINGS = {"LiTRestorationSampler": LiTRestorationSampler, "LiTDegrade": LiTDegrade}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY for k, v in NODE_CLASS_MAPPINGS.items()}
