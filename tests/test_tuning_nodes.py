@@ -110,6 +110,8 @@ def test_in_graph_dataset_and_interrupt_keeps_best_state(towers, monkeypatch):
     monkeypatch.setattr("comfyui_lit.nodes.host.check_interrupted", cancel_at_step_15)
     model, report = _train(towers, dataset, steps=50)
     assert "interrupted" in report and "15/50" in report
+    # the 15 steps since the last validation (step 0) are judged, and kept because they are better
+    assert "Validation best (step 15)" in report
     assert model.training_info["interrupted"]
 
 

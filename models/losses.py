@@ -1,0 +1,88 @@
+"""Contrastive losses for locked-image tuning, each owning its learnable temperature (and bias).
+
+Both accept an optional ``positives`` mask: with class-name captions two images in a batch often share the
+same caption, and treating those pairs as negatives would teach the model to tell identical texts apart.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import LitError
+
+LOSSES = ("softmax", "sigmoid")
+# CLIP clamps its logit scale at 100 so a runaway temperature can't make the softmax degenerate.
+MAX_LOG_SCALE = math.log(100.0)
+
+
+class ContrastiveLoss(nn.Module):
+    """Softmax (InfoNCE) loss of CLIP / LiT, symmetric over image->text and text->image."""
+
+    kind = "softmax"
+
+    def __init__(self, init_scale: float = 1.0 / 0.07) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.log_scale.clamp(max=MAX_LOG_SCALE).exp()
+
+    @property
+    def logit_bias(self) -> torch.Tensor:
+        return torch.zeros((), device=self.log_scale.device)
+
+    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
+                positives: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean loss of L2-normalised ``[B,D]`` image and text embeddings (row i of each is a pair)."""
+        logits = self.logit_scale * image_emb @ text_emb.t()
+        if positives is None:
+            target = torch.arange(logits.shape[0], device=logits.device)
+            return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        # Several correct texts per image: the target distribution is uniform over them.
+        pos = positives.to(logits.dtype)
+        t_i2t = pos / pos.sum(1, keepdim=True)
+        t_t2i = pos.t() / pos.t().sum(1, keepdim=True)
+        return 0.5 * (F.cross_entropy(logits, t_i2t) + F.cross_entropy(logits.t(), t_t2i))
+
+
+class SigmoidLoss(nn.Module):
+    """Pairwise sigmoid loss of SigLIP (Zhai et al. 2023): every image-text pair is a binary decision."""
+
+    kind = "sigmoid"
+
+    def __init__(self, init_scale: float = 10.0, init_bias: float = -10.0) -> None:
+        super().__init__()
+        # The paper's init (t'=log 10, b=-10) keeps the many negatives from swamping the first steps.
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+        self.bias = nn.Parameter(torch.tensor(float(init_bias)))
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.log_scale.clamp(max=MAX_LOG_SCALE).exp()
+
+    @property
+    def logit_bias(self) -> torch.Tensor:
+        return self.bias
+
+    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
+                positives: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.logit_scale * image_emb @ text_emb.t() + self.bias
+        if positives is None:
+            positives = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+        labels = positives.to(logits.dtype) * 2.0 - 1.0
+        # Normalised by batch size, as in the paper: the sum over the row of pairs, averaged over images.
+        return -F.logsigmoid(labels * logits).sum() / logits.shape[0]
+
+
+def make_loss(name: str) -> nn.Module:
+    """``"softmax"`` (CLIP/LiT) or ``"sigmoid"`` (SigLIP)."""
+    if name == "softmax":
+        return ContrastiveLoss()
+    if name == "sigmoid":
+        return SigmoidLoss()
+    raise LitError(f"unknown loss '{name}'.", input_name="loss", fix=f"use one of: {', '.join(LOSSES)}.")
