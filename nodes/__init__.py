@@ -13,7 +13,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
 
 # One file per feature. A feature whose optional dependency is missing must not take the whole pack down.
-_FEATURES = ["loaders", "tuning", "zero_shot", "restoration", "attention_patch"]
+_FEATURES = ["loaders", "tuning", "zero_shot", "enhancement", "restoration", "attention_patch"]
 
 for _name in _FEATURES:
     try:
