@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..models.image_tower import DEFAULT_IMAGE_NAME, load_image_tower, tower_from_comfy_clip_vision
 from ..models.text_tower import DEFAULT_TEXT_NAME, load_text_tower
 from .host import (
@@ -49,8 +51,11 @@ class LiTTextEncoderLoader:
         dev = resolve_device(device)
         path = None if text_encoder == EMBEDDED_TEXT else resolve_model(
             "text_encoders", text_encoder, input_name="text_encoder", node=self.DISPLAY)
-        tower = load_text_tower(path, device=dev, dtype=resolve_dtype(dtype, dev, trainable=True),
-                                tokenizer_search_dirs=comfy_tokenizer_dirs())
+        # Built outside inference mode: weights made inside it could never take part in autograd later
+        # (tuning, guidance), even with gradients switched back on.
+        with torch.inference_mode(False):
+            tower = load_text_tower(path, device=dev, dtype=resolve_dtype(dtype, dev, trainable=True),
+                                    tokenizer_search_dirs=comfy_tokenizer_dirs())
         return (tower,)
 
 
@@ -81,7 +86,8 @@ class LiTImageEncoderLoader:
         dev = resolve_device(device)
         path = None if image_encoder == EMBEDDED_IMAGE else resolve_model(
             "clip_vision", image_encoder, input_name="image_encoder", node=self.DISPLAY)
-        return (load_image_tower(path, device=dev, dtype=resolve_dtype(dtype, dev, trainable=False)),)
+        with torch.inference_mode(False):  # guidance differentiates through the tower (see the text loader)
+            return (load_image_tower(path, device=dev, dtype=resolve_dtype(dtype, dev, trainable=False)),)
 
 
 class LiTImageEncoderFromCLIPVision:

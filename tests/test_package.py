@@ -135,6 +135,10 @@ def test_loader_nodes_run_under_inference_mode(tmp_path, monkeypatch):
         (image,) = LiTImageEncoderLoader().load("tiny-clip", "auto", "cpu")
         assert text.encode(["a cat"]).shape == (1, 128)
         assert image.encode(torch.rand(1, 16, 16, 3)).shape == (1, 64)
+        with torch.inference_mode(False), torch.enable_grad():  # guidance later differentiates through the tower
+            pixels = torch.rand(1, 16, 16, 3, requires_grad=True)
+            image.embed(pixels).sum().backward()
+            assert pixels.grad is not None and pixels.grad.abs().sum() > 0
         with pytest.raises(LitError) as err:
             LiTTextEncoderLoader().load("missing.safetensors", "auto", "cpu")
     message = str(err.value)

@@ -29,8 +29,9 @@ def _widget_names(cls) -> list[str]:
             kind, opts = entry[0], (entry[1] if len(entry) > 1 else {})
             if isinstance(kind, list) or kind in WIDGET_TYPES:
                 names.append(name)
-                if opts.get("control_after_generate"):
-                    names.append(None)  # the "fixed/randomize" control's value
+                # The front-end adds a "fixed/randomize" control (one more value) to these, as it does for seeds.
+                if opts.get("control_after_generate") or name in ("seed", "noise_seed"):
+                    names.append(None)
     return names
 
 
@@ -66,6 +67,14 @@ def test_workflow_matches_the_node_schemas(path):
         assert link_id in nodes[src]["outputs"][sslot]["links"]
         target = nodes[dst]["inputs"][dslot]
         assert target["link"] == link_id and target["type"] in (kind, "*")
+
+
+def _set_widget(node, name, value):
+    """Change a widget value by name, as a user would in the editor."""
+    cls = comfyui_lit.NODE_CLASS_MAPPINGS[node["type"]]
+    linked = {i["name"] for i in node["inputs"] if i.get("link") is not None}
+    names = [w for w in _widget_names(cls) if w not in linked]
+    node["widgets_values"][names.index(name)] = value
 
 
 def _run_graph(wf, core):
@@ -116,7 +125,8 @@ def test_train_then_classify_workflows_run_end_to_end(tmp_path, monkeypatch):
     train = _load(os.path.join(ROOT, "example_workflows", "lit_train_adapter.json"))
     for n in train["nodes"]:  # keep CI quick: few steps and the cheap adapter mode
         if n["type"] == "LiTLockedTuning":
-            n["widgets_values"][0:3] = ["head", "softmax", 20]
+            _set_widget(n, "mode", "head")
+            _set_widget(n, "steps", 20)
     _run_graph(train, core)
     assert os.path.isfile(tmp_path / "models" / "lit" / "my_lit_adapter.safetensors")
     assert "LiT locked tuning" in shown[0]
@@ -128,3 +138,28 @@ def test_train_then_classify_workflows_run_end_to_end(tmp_path, monkeypatch):
     table, picked = shown[1], shown[2]
     assert table.splitlines()[0].startswith("image") and len(table.splitlines()) == 2 + 3
     assert picked.shape == (1, 32, 32, 3)
+
+    enhance = _load(os.path.join(ROOT, "example_workflows", "lit_enhance_photo.json"))
+    for n in enhance["nodes"]:
+        if n["type"] == "LiTEnhancementSampler":
+            _set_widget(n, "steps", 3)
+            _set_widget(n, "samples", 1)
+    _run_graph(enhance, core)
+    enhanced, scores = shown[3], shown[4]
+    assert enhanced.shape == images.shape and "score" in scores and "->" in scores
+
+
+def test_restore_workflow_runs_end_to_end():
+    from skimage import data
+
+    photo = torch.from_numpy(data.astronaut()[100:196, 180:276].copy()).float().div(255)[None]
+    shown = []
+    core = {"LoadImage": lambda: (photo, torch.zeros(1, 96, 96)),
+            "PreviewImage": lambda images: shown.append(images) or ()}
+    _run_graph(_load(os.path.join(ROOT, "example_workflows", "lit_restore_photo.json")), core)
+    damaged, restored = shown
+
+    def psnr(a, b):
+        return float(-10 * torch.log10(((a - b) ** 2).mean()))
+
+    assert psnr(restored, photo) > psnr(damaged, photo) + 5
