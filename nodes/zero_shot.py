@@ -22,6 +22,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 class LiTZeroShotClassify:
     DISPLAY = "LiT Zero-Shot Classify"
+    OUTPUT_NODE = True  # shows its bars in the graph even when nothing consumes its outputs
     DESCRIPTION = ("Picks the best label for each image among the labels you write, one per line, using prompt "
                    "templates averaged per label (prompt ensembling). No training needed beyond the LiT adapter.")
     CATEGORY = CATEGORY
@@ -68,6 +69,7 @@ class LiTZeroShotClassify:
 
 class LiTScore:
     DISPLAY = "LiT Score"
+    OUTPUT_NODE = True
     DESCRIPTION = "Similarity of every image to every prompt (cosine in the LiT space, -1..1)."
     CATEGORY = CATEGORY
     FUNCTION = "run"
