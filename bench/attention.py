@@ -13,27 +13,20 @@ with v the geometric-mean TFLOP/s of our kernel over all shapes and modes and r 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
-import os
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
 DEVICE = "cuda"  # a dry run of the GPU path on the CPU (interpreter) sets "cpu"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _import_package():
     """``comfyui_lit`` from this checkout, installed or not."""
-    if "comfyui_lit" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("comfyui_lit", os.path.join(ROOT, "__init__.py"),
-                                                      submodule_search_locations=[ROOT])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["comfyui_lit"] = module
-        spec.loader.exec_module(module)
+    from _package import import_package
+
+    import_package()
     from comfyui_lit.models import attention as attn_mod
     from comfyui_lit.models import triton_attention as ta
 

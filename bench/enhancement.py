@@ -25,7 +25,6 @@ mean PSNR of ours over all photos and degradations, ratio to the best baseline's
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -34,20 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOS = ["astronaut", "chelsea", "coffee", "stereo_motorcycle", "rocket"]
 DEGRADATIONS = ["dark", "flat", "cast", "gamma"]
 POS = "a bright, well-exposed, crisp photo"
 NEG = "a dark, dull, washed-out photo with a colour cast"
 
 
-def _import_package():
-    if "comfyui_lit" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("comfyui_lit", os.path.join(ROOT, "__init__.py"),
-                                                      submodule_search_locations=[ROOT])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["comfyui_lit"] = module
-        spec.loader.exec_module(module)
+from _package import import_package as _import_package  # noqa: E402
 
 
 def load_photo(name: str, short: int) -> torch.Tensor:

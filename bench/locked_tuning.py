@@ -14,7 +14,6 @@ Ends with: ``locked_tuning_speed: <pairs/s> (<ratio>x vs uncached)`` for the cho
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -24,16 +23,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _import_package():
-    if "comfyui_lit" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("comfyui_lit", os.path.join(ROOT, "__init__.py"),
-                                                      submodule_search_locations=[ROOT])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["comfyui_lit"] = module
-        spec.loader.exec_module(module)
+from _package import import_package as _import_package  # noqa: E402
 
 
 def _setup(data_dir: str, image_encoder: str | None = None):

@@ -9,26 +9,12 @@ ours over the best classical method of each task.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
-import os
-import sys
 import time
 
 import numpy as np
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _import_package():
-    if "comfyui_lit" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("comfyui_lit", os.path.join(ROOT, "__init__.py"),
-                                                      submodule_search_locations=[ROOT])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["comfyui_lit"] = mod
-        spec.loader.exec_module(mod)
-
+from _package import import_package as _import_package  # noqa: E402
 
 _import_package()
 
