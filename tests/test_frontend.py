@@ -158,10 +158,11 @@ def test_training_chart_draws_recorded_events(page_result: dict) -> None:
 
 
 def test_training_chart_survives_reload(page_result: dict) -> None:
-    done, again = page_result["trainDone"], page_result["trainReloaded"]
+    done, again = page_result["trainDonePinned"], page_result["trainReloaded"]
     assert again["summary"] == done["summary"]
     assert again["legend"] == done["legend"]
-    assert abs(again["lossPixels"] - done["lossPixels"]) <= 0.05 * done["lossPixels"]
+    assert again["canvasSize"] == done["canvasSize"]
+    assert abs(again["lossPixels"] - done["lossPixels"]) <= 0.05 * done["lossPixels"], (done, again)
 
 
 def test_classify_bars(page_result: dict) -> None:

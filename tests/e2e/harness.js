@@ -92,6 +92,19 @@ function chartFacts(node) {
   };
 }
 
+// Layout and the ResizeObserver redraw settle asynchronously (a resize clears the canvas until the next draw), so
+// read the chart once two consecutive frames agree.
+async function settledChartFacts(node) {
+  let prev = chartFacts(node);
+  for (let i = 0; i < 20; i++) {
+    await frame();
+    const cur = chartFacts(node);
+    if (cur.lossPixels === prev.lossPixels && cur.canvasSize.join() === prev.canvasSize.join()) return cur;
+    prev = cur;
+  }
+  return prev;
+}
+
 function barFacts(node) {
   const root = node.box.querySelector(".lit-bars");
   return {
@@ -168,12 +181,12 @@ async function main() {
   const send = (d) => api.dispatchEvent(new CustomEvent("comfyui_lit.train", { detail: { ...d, node: trainId } }));
   fx.train_events.slice(0, half).forEach(send);
   await frame();
-  out.trainMid = chartFacts(nodes.LiTLockedTuning);
+  out.trainMid = await settledChartFacts(nodes.LiTLockedTuning);
   console.log("stage: mid");
   fx.train_events.slice(half).forEach(send);
   nodes.LiTLockedTuning.onExecuted({ text: [fx.train_report] });
   await frame();
-  out.trainDone = chartFacts(nodes.LiTLockedTuning);
+  out.trainDone = await settledChartFacts(nodes.LiTLockedTuning);
   out.trainSaved = JSON.parse(JSON.stringify(nodes.LiTLockedTuning.properties)).lit_train?.loss?.length ?? 0;
   // An event for a node id that does not exist must not land anywhere else when it is ambiguous... here it is the
   // only training node, so it is routed to it (subgraph fallback).
@@ -182,8 +195,22 @@ async function main() {
   const reloaded = await makeNode(ext, NODE_DEFS[0], 100);
   reloaded.properties = JSON.parse(JSON.stringify(nodes.LiTLockedTuning.properties));
   reloaded.onConfigure?.({});
-  await frame();
-  out.trainReloaded = chartFacts(reloaded);
+  // Same box as the original, as after a real reload (LiteGraph restores the node's size), so the two canvases
+  // can be compared pixel for pixel.
+  reloaded.widgets.forEach((w, i) => { w.holder.style.height = nodes.LiTLockedTuning.widgets[i].holder.style.height; });
+  // Text wrapping in the legend/summary can still shift the flexible canvas by a line; pin both canvases to one
+  // size so the drawings compare pixel for pixel.
+  for (const n of [nodes.LiTLockedTuning, reloaded]) {
+    const c = n.box.querySelector(".lit-train-chart canvas");
+    c.style.flex = "none";
+    c.style.height = "150px";
+    c.getBoundingClientRect();  // force layout now
+    // ResizeObserver callbacks are not reliably delivered under --virtual-time-budget: redraw explicitly, from the
+    // state each node holds (the original's live state, the reloaded one's restored from its properties).
+    n.litView.render(n.properties.lit_train);
+  }
+  out.trainDonePinned = await settledChartFacts(nodes.LiTLockedTuning);
+  out.trainReloaded = await settledChartFacts(reloaded);
 
   nodes.LiTZeroShotClassify.onExecuted(fx.classify_ui);
   nodes.LiTScore.onExecuted(fx.score_ui);
