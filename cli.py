@@ -2,6 +2,9 @@
 
     python -m comfyui_lit demo                       # the main job on the embedded towers
     python -m comfyui_lit train DATA --out a.safetensors [--text-encoder P] [--image-encoder P] [--mode lora]
+    python -m comfyui_lit train --shards 'data/shard-{000..099}.tar' --out a.safetensors   # WebDataset tars
+    torchrun --nproc_per_node=8 -m comfyui_lit train DATA --out a.safetensors \
+        --checkpoint-dir ckpt --checkpoint-every 500 --resume                            # scale-out, resumable
     python -m comfyui_lit classify IMAGES... --adapter a.safetensors --labels "cat,dog"
     python -m comfyui_lit score IMAGES... --adapter a.safetensors --prompts "a cat;a dog"
 """
@@ -21,12 +24,17 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def _towers(args: argparse.Namespace):
+    from .models.distributed import local_device
     from .models.image_tower import load_image_tower
     from .models.text_tower import load_text_tower
 
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = local_device(_device_name(args))
     return (load_image_tower(args.image_encoder or None, device=device),
             load_text_tower(args.text_encoder or None, device=device))
+
+
+def _device_name(args: argparse.Namespace) -> str:
+    return args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _add_tower_args(p: argparse.ArgumentParser) -> None:
@@ -40,7 +48,7 @@ def _add_train_args(p: argparse.ArgumentParser, steps: int, mode: str) -> None:
     p.add_argument("--mode", choices=["head", "lora", "full"], default=mode)
     p.add_argument("--loss", choices=["softmax", "sigmoid"], default="softmax")
     p.add_argument("--steps", type=int, default=steps)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="pairs per step PER PROCESS under torchrun")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
@@ -52,13 +60,22 @@ def _add_train_args(p: argparse.ArgumentParser, steps: int, mode: str) -> None:
 def _train(args: argparse.Namespace, data: str):
     from .models.dataset import load_dataset
     from .models.lit_model import LitModel
+    from .models.streaming import load_shards
     from .models.trainer import TrainConfig, train_locked
 
+    shards = getattr(args, "shards", None)
+    if bool(data) == bool(shards):
+        raise LitError("give either DATA (a folder or manifest) or --shards (tar files), not both or neither.",
+                       input_name="data", fix="e.g. 'train my_folder --out a.safetensors' or "
+                       "'train --shards \"data/shard-{000..009}.tar\" --out a.safetensors'.")
     image, text = _towers(args)
-    dataset = load_dataset(data)
+    dataset = load_shards(shards) if shards else load_dataset(data)
     model = LitModel(image, text, mode=args.mode, loss=args.loss, lora_rank=args.lora_rank, seed=args.seed)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         val_fraction=args.val_fraction, val_every=args.val_every)
+                         val_fraction=args.val_fraction, val_every=args.val_every,
+                         checkpoint_dir=getattr(args, "checkpoint_dir", "") or None,
+                         checkpoint_every=getattr(args, "checkpoint_every", 0),
+                         resume=getattr(args, "resume", False), sigmoid_ring=getattr(args, "sigmoid_ring", False))
     result = train_locked(model, dataset, config, cache_dir=args.cache_dir or None)
     return model, result
 
@@ -75,12 +92,20 @@ def _print_recall(result) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .models import distributed
     from .models.lit_model import save_adapter
 
-    model, result = _train(args, args.data)
-    print(result.report)
-    _print_recall(result)
-    print(f"\nadapter written to {save_adapter(model, args.out)}")
+    # Under torchrun (WORLD_SIZE>1) join the process group; a plain run stays single-process.
+    rank, _world = distributed.init_from_env(_device_name(args))
+    try:
+        model, result = _train(args, args.data)
+        if rank == 0:  # every rank holds the same weights; one writes and talks
+            print(result.report)
+            _print_recall(result)
+            print(f"\nadapter written to {save_adapter(model, args.out)}")
+        distributed.barrier()
+    finally:
+        distributed.shutdown()
     return 0
 
 
@@ -185,8 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="tune on a folder of images + .txt captions, or a JSONL/CSV manifest")
-    p.add_argument("data")
+    p.add_argument("data", nargs="?", default="", help="folder of images + .txt captions, or a JSONL/CSV manifest")
     p.add_argument("--out", required=True, help="adapter .safetensors to write")
+    p.add_argument("--shards", action="append", default=None,
+                   help="WebDataset-style tar shards instead of DATA: 'dir/shard-{000..099}.tar', globs; repeatable")
+    p.add_argument("--checkpoint-dir", default="", help="folder for resumable training checkpoints (rank 0 writes)")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="write a checkpoint every N steps (0: never)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in --checkpoint-dir (starts fresh when there is none)")
+    p.add_argument("--sigmoid-ring", action="store_true",
+                   help="with --loss sigmoid under torchrun: SigLIP's chunked ring exchange instead of an all-gather")
     _add_tower_args(p)
     _add_train_args(p, steps=300, mode="lora")
     p.set_defaults(func=cmd_train)

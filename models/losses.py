@@ -37,8 +37,15 @@ class ContrastiveLoss(nn.Module):
         return torch.zeros((), device=self.log_scale.device)
 
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                positives: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean loss of L2-normalised ``[B,D]`` image and text embeddings (row i of each is a pair)."""
+                positives: torch.Tensor | None = None, *, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Mean loss of L2-normalised ``[B,D]`` image and text embeddings (row i of each is a pair).
+
+        ``rows=(start, stop)``: this rank's part of the loss over the GLOBAL batch (the embeddings are the
+        all-gathered ``[B,D]``): the image->text rows of its images and the text->image rows of its texts,
+        normalised by the global B, so the parts of all ranks sum to the full loss (open_clip's local loss).
+        """
+        if rows is not None:
+            return _local_softmax(self.logit_scale, image_emb, text_emb, positives, rows)
         logits = self.logit_scale * image_emb @ text_emb.t()
         if positives is None:
             target = torch.arange(logits.shape[0], device=logits.device)
@@ -70,13 +77,38 @@ class SigmoidLoss(nn.Module):
         return self.bias
 
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                positives: torch.Tensor | None = None) -> torch.Tensor:
+                positives: torch.Tensor | None = None, *, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """``rows=(start, stop)``: this rank's image rows of the global pair matrix (see ContrastiveLoss)."""
+        if rows is not None:
+            start, stop = rows
+            b = image_emb.shape[0]
+            logits = self.logit_scale * image_emb[start:stop] @ text_emb.t() + self.bias
+            pos = positives[start:stop] if positives is not None else (
+                torch.arange(start, stop, device=logits.device)[:, None] == torch.arange(b, device=logits.device))
+            labels = pos.to(logits.dtype) * 2.0 - 1.0
+            return -F.logsigmoid(labels * logits).sum() / b
         logits = self.logit_scale * image_emb @ text_emb.t() + self.bias
         if positives is None:
             positives = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
         labels = positives.to(logits.dtype) * 2.0 - 1.0
         # Normalised by batch size, as in the paper: the sum over the row of pairs, averaged over images.
         return -F.logsigmoid(labels * logits).sum() / logits.shape[0]
+
+
+def _local_softmax(scale: torch.Tensor, image_emb: torch.Tensor, text_emb: torch.Tensor,
+                   positives: torch.Tensor | None, rows: tuple[int, int]) -> torch.Tensor:
+    start, stop = rows
+    b = image_emb.shape[0]
+    i2t = scale * image_emb[start:stop] @ text_emb.t()  # [b_local, B]
+    t2i = scale * text_emb[start:stop] @ image_emb.t()
+    if positives is None:
+        target = torch.arange(start, stop, device=i2t.device)
+        return 0.5 * (F.cross_entropy(i2t, target, reduction="sum") + F.cross_entropy(t2i, target, reduction="sum")) / b
+    pos = positives.to(i2t.dtype)
+    t_i2t, t_t2i = pos[start:stop], pos.t()[start:stop]
+    t_i2t = t_i2t / t_i2t.sum(1, keepdim=True)
+    t_t2i = t_t2i / t_t2i.sum(1, keepdim=True)
+    return 0.5 * (F.cross_entropy(i2t, t_i2t, reduction="sum") + F.cross_entropy(t2i, t_t2i, reduction="sum")) / b
 
 
 def make_loss(name: str) -> nn.Module:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed as dist_
 from .dataset import CaptionedDataset
 from .embedding_cache import EmbeddingCache
 from .errors import LitError
@@ -43,6 +44,11 @@ class TrainConfig:
     cache_embeddings: bool = True  # False recomputes the image tower every step (the benchmark's baseline)
     embed_batch_size: int = 32
     restore_best: bool = True  # end on the best validated state, not the last one
+    # Under torchrun batch_size is PER RANK: the global batch is batch_size * world_size.
+    checkpoint_dir: str | None = None  # where --checkpoint-every writes (rank 0, atomically)
+    checkpoint_every: int = 0  # 0: no checkpoints
+    resume: bool = False  # continue from the latest checkpoint in checkpoint_dir (a fresh start if there is none)
+    sigmoid_ring: bool = False  # sigmoid loss under torchrun: SigLIP's chunked ring exchange, not an all-gather
 
     def validate(self) -> None:
         checks = [("steps", self.steps >= 1, "at least 1"), ("batch_size", self.batch_size >= 2, "at least 2"),
@@ -50,7 +56,10 @@ class TrainConfig:
                   ("grad_accum", self.grad_accum >= 1, "at least 1"),
                   ("val_fraction", 0.0 <= self.val_fraction < 0.9, "between 0 and 0.9"),
                   ("val_every", self.val_every >= 1, "at least 1"),
-                  ("mixed_precision", self.mixed_precision in ("auto", "bf16", "off"), "auto, bf16 or off")]
+                  ("mixed_precision", self.mixed_precision in ("auto", "bf16", "off"), "auto, bf16 or off"),
+                  ("checkpoint_every", self.checkpoint_every >= 0, "0 (off) or more"),
+                  ("checkpoint_dir", bool(self.checkpoint_dir) or not (self.checkpoint_every or self.resume),
+                   "a folder when checkpoint_every or resume is set")]
         for name, ok, want in checks:
             if not ok:
                 raise LitError(f"{name} is {getattr(self, name)!r}.", input_name=name, fix=f"set it to {want}.")
@@ -71,7 +80,9 @@ class TrainResult:
     cache_stats: dict[str, int] = field(default_factory=dict)
     dataset_report: str = ""
     seconds: float = 0.0
-    pairs_per_second: float = 0.0
+    pairs_per_second: float = 0.0  # global pairs (all ranks) per second of the training loop
+    resumed_from: int = 0  # the checkpoint step this run continued from (0: a fresh start)
+    world_size: int = 1
     report: str = ""
 
 
@@ -125,6 +136,23 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
     train_ds, val_ds = dataset.split(config.val_fraction, config.seed)
     cache = EmbeddingCache(model.image_tower, cache_dir or dataset.default_cache_dir(),
                            batch_size=config.embed_batch_size)
+    world, rank = dist_.world_size(), dist_.rank()
+    if config.sigmoid_ring and model.loss_name != "sigmoid":
+        raise LitError("the ring exchange is for the sigmoid loss.", input_name="sigmoid_ring",
+                       fix="use loss 'sigmoid', or turn the ring off for the softmax loss.")
+    result.world_size = world
+    if world > 1 and cache.dir:
+        # Each rank embeds its strided shard into the shared cache folder (content-keyed shards combine), then
+        # every rank reads the whole cache below: one tower forward per image across the job.
+        for part, needed in ((train_ds, config.cache_embeddings), (val_ds, True)):
+            mine = part.subset(list(range(rank, len(part), world)))
+            if needed and len(mine):
+                try:
+                    cache.embed_dataset(mine, embed_progress)
+                except LitError:
+                    pass  # an unreadable shard: the full pass below raises the same error on every rank
+        dist_.barrier()
+        cache._index = None  # re-read the folder: the other ranks' shards are there now
     if config.cache_embeddings:
         train_feats, train_ds = cache.embed_dataset(train_ds, embed_progress)
     else:
@@ -191,7 +219,12 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
     gen = torch.Generator().manual_seed(int(config.seed))
     n_train = len(train_ds)
     train_caps = train_ds.captions
-    bs = min(config.batch_size, n_train)
+    if n_train < 2 * world:
+        raise LitError(f"{n_train} training images for {world} processes.", input_name="dataset",
+                       fix="use fewer processes or more data (at least 2 images per process).")
+    # Every rank draws the same GLOBAL batch from the same seeded generator and takes its slice, so the run does
+    # not depend on the world size: W ranks x batch b == 1 process x batch b*W.
+    bs = min(config.batch_size * world, n_train)
     order: list[int] = []
 
     def next_batch() -> list[int]:
@@ -217,12 +250,50 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
     # Dropout stays off (eval mode throughout): small-data tuning doesn't need it, and it keeps runs
     # reproducible and cheaper. LoRA's own dropout is 0.
     model.eval()
-    result.before_metrics = validate()
-    if result.before_metrics:
-        result.val_history.append({"step": 0, **result.before_metrics})
-    best_score = _selection_score(result.before_metrics) if result.before_metrics else -math.inf
-    result.best_state = model.trainable_state_dict()
-    result.best_metrics = dict(result.before_metrics)
+    ckpt = None
+    if config.resume:
+        path = dist_.latest_checkpoint(config.checkpoint_dir)
+        if path:
+            ckpt = dist_.load_checkpoint(path)
+            _check_compatible(ckpt[1], model, config, bs, n_train, path)
+    run_info = {"global_batch": bs, "n_train": n_train, "mode": model.mode, "loss": model.loss_name,
+                "seed": config.seed, "steps": config.steps, "world_size": world}
+    if ckpt is None:
+        result.before_metrics = validate()
+        if result.before_metrics:
+            result.val_history.append({"step": 0, **result.before_metrics})
+        best_score = _selection_score(result.before_metrics) if result.before_metrics else -math.inf
+        result.best_state = model.trainable_state_dict()
+        result.best_metrics = dict(result.before_metrics)
+        start = 1
+    else:
+        tensors, meta = ckpt
+        model.load_trainable_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        dist_.restore_optimizer(opt, tensors, meta["optimizer"])
+        sched.load_state_dict(meta["scheduler"])
+        gen.set_state(tensors["sampler.gen"])
+        order = tensors["sampler.order"].tolist()
+        result.history, result.val_history = meta["history"], meta["val_history"]
+        result.before_metrics, result.best_metrics = meta["before_metrics"], meta["best_metrics"]
+        result.best_step, best_score = meta["best_step"], float(meta["best_score"])
+        result.best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        result.resumed_from = result.steps_done = meta["step"]
+        start = meta["step"] + 1
+
+    def save_checkpoint(step: int) -> None:
+        tensors = {f"model.{k}": v for k, v in model.trainable_state_dict().items()}
+        tensors.update({f"best.{k}": v for k, v in result.best_state.items()})
+        opt_tensors, opt_meta = dist_.flatten_optimizer(opt)
+        tensors.update(opt_tensors)
+        tensors["sampler.gen"] = gen.get_state()
+        tensors["sampler.order"] = torch.tensor(order, dtype=torch.int64)
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {"step": step, **run_info, "optimizer": opt_meta, "scheduler": sched.state_dict(),
+                "history": result.history, "val_history": result.val_history,
+                "before_metrics": result.before_metrics, "best_metrics": result.best_metrics,
+                "best_step": result.best_step, "best_score": best_score}
+        dist_.save_checkpoint(config.checkpoint_dir, step, tensors, meta)
+
     pairs = 0
     t_loop = time.perf_counter()
     step = 0
@@ -230,8 +301,10 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
     # Seeded global RNG (forked, so the caller's stream is untouched) for anything random we don't own.
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(int(config.seed))
+        if ckpt is not None:
+            torch.set_rng_state(ckpt[0]["rng.torch"])
         try:
-            for step in range(1, config.steps + 1):
+            for step in range(start, config.steps + 1):
                 if should_stop is not None and should_stop():
                     result.interrupted = True
                     step -= 1
@@ -241,13 +314,32 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
                 for _ in range(config.grad_accum):
                     idx = next_batch()
                     caps = [train_caps[i][int(torch.randint(len(train_caps[i]), (1,), generator=gen))] for i in idx]
-                    img = model.normalize_image_features(image_features(idx))
-                    with autocast():
-                        txt = text_embed(caps)
                     pos = torch.tensor([[a == b for b in caps] for a in caps], device=device)
-                    loss = model.adapter.loss(img, txt.float(), positives=pos)
-                    if not torch.isfinite(loss):
-                        err = LitError(f"the loss became {float(loss.detach())} at step {step}; training stopped "
+                    if world == 1:
+                        img = model.normalize_image_features(image_features(idx))
+                        with autocast():
+                            txt = text_embed(caps)
+                        loss = model.adapter.loss(img, txt.float(), positives=pos)
+                        global_loss = loss.detach()
+                    else:
+                        # This rank's slice of the global batch; the loss is over the global similarity matrix
+                        # (embeddings all-gathered with gradients), each rank computing its own rows.
+                        sizes = dist_.split_sizes(len(idx), world)
+                        lo = sum(sizes[:rank])
+                        hi = lo + sizes[rank]
+                        img = model.normalize_image_features(image_features(idx[lo:hi]))
+                        with autocast():
+                            txt = text_embed(caps[lo:hi])
+                        if config.sigmoid_ring:
+                            lf = model.adapter.loss
+                            loss = dist_.sigmoid_ring_loss(img, txt.float(), lf.logit_scale, lf.logit_bias, pos, sizes)
+                        else:
+                            img_all = dist_.all_gather_with_grad(img, sizes)
+                            txt_all = dist_.all_gather_with_grad(txt.float(), sizes)
+                            loss = model.adapter.loss(img_all, txt_all, positives=pos, rows=(lo, hi))
+                        global_loss = dist_.sum_scalar(loss)  # every rank sees the same value: no rank diverges
+                    if not torch.isfinite(global_loss):
+                        err = LitError(f"the loss became {float(global_loss)} at step {step}; training stopped "
                                        f"and the model keeps its state from step {step - 1}.", input_name="lr",
                                        fix="lower the learning rate (or use loss 'sigmoid'/mode 'head').")
                         result.steps_done = step - 1
@@ -255,9 +347,13 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
                         err.result = result  # type: ignore[attr-defined]
                         raise err
                     (loss / config.grad_accum).backward()
-                    total_loss += float(loss.detach()) / config.grad_accum
+                    total_loss += float(global_loss) / config.grad_accum
                     pairs += len(idx)
                 params = [p for g in groups for p in g["params"]]
+                # The per-rank losses sum to the global loss, so SUMMED gradients are its exact gradient. An
+                # explicit all-reduce of the (small) trainable set instead of DDP: no module wrapping, and the
+                # frozen towers and cached features stay out of any bucket.
+                dist_.all_reduce_sum_([p.grad for p in params if p.grad is not None])
                 norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 if not torch.isfinite(norm):
                     err = LitError(f"the gradients became {float(norm)} at step {step}; training stopped and the model "
@@ -282,6 +378,8 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
                         best_score = _selection_score(vm)
                         result.best_state, result.best_step = model.trainable_state_dict(), step
                         result.best_metrics = vm
+                if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
+                    save_checkpoint(step)
                 if callback is not None:
                     callback(step, config.steps, metrics)
         except interrupt_exceptions:
@@ -307,19 +405,36 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
             "train_size": len(train_ds), "val_size": len(val_ds), "seed": config.seed, "batch_size": config.batch_size,
             "lr": config.lr, "metrics": result.best_metrics, "metrics_before": result.before_metrics,
             "interrupted": result.interrupted}
+    if world > 1 or result.resumed_from:  # batch_size above is per process
+        info.update({"world_size": world, "global_batch": bs, "resumed_from": result.resumed_from})
     model.training_info = info
     result.report = _report(model, result, config, cache, train_ds, val_ds, t_start)
     return result
 
 
+def _check_compatible(meta: dict, model: LitModel, config: TrainConfig, global_batch: int, n_train: int,
+                      path: str) -> None:
+    want = {"global_batch": global_batch, "n_train": n_train, "mode": model.mode, "loss": model.loss_name,
+            "seed": config.seed, "steps": config.steps}
+    diff = [f"{k} {meta.get(k)!r} -> {v!r}" for k, v in want.items() if meta.get(k) != v]
+    if diff:
+        raise LitError(f"checkpoint '{path}' was written by a different run ({'; '.join(diff)}).",
+                       input_name="resume", fix="resume with the same data and settings (global batch = "
+                       "batch size x processes), or use a fresh --checkpoint-dir.")
+
+
 def _report(model: LitModel, result: TrainResult, config: TrainConfig, cache: EmbeddingCache,
             train_ds: CaptionedDataset, val_ds: CaptionedDataset, t_start: float) -> str:
     lines = [f"LiT locked tuning: mode {model.mode}, loss {model.loss_name}, {result.steps_done}/{config.steps} steps"
-             + (" (interrupted)" if result.interrupted else "") + f" in {time.perf_counter() - t_start:.1f}s.",
+             + (" (interrupted)" if result.interrupted else "")
+             + (f" (resumed from step {result.resumed_from})" if result.resumed_from else "")
+             + (f" on {result.world_size} processes" if result.world_size > 1 else "")
+             + f" in {time.perf_counter() - t_start:.1f}s.",
              f"Image tower '{model.image_tower.name}' locked; text tower '{model.text_tower.name}'.",
              f"Data: {len(train_ds)} train / {len(val_ds)} validation images. {result.dataset_report}",
              f"Embedding cache: {cache.stats['hits']} hits, {cache.stats['misses']} computed "
              f"({cache.stats['forwards']} tower forwards)"
+             + (f" on rank {dist_.rank()} of {result.world_size}" if result.world_size > 1 else "")
              + (f" in {cache.dir}." if cache.dir else " (in memory)."),
              f"Speed: {result.pairs_per_second:.0f} pairs/s. "
              f"Final temperature scale {float(model.logit_scale.detach()):.2f}."]
