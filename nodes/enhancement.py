@@ -12,6 +12,7 @@ from .host import (
     check_interrupted,
     compare_ui,
     progress_callback,
+    require_lit_model,
     torch_device,
     trainable,
     with_node_errors,
@@ -80,10 +81,7 @@ class LiTEnhancementSampler:
     def run(self, image: torch.Tensor, lit_model, positive: str, negative: str, steps: int, guidance: float,
             fidelity: float, seed: int, samples: int, mask: torch.Tensor | None = None, shared: bool = False,
             proxy_size: int = 256):
-        for member in ("encode_image", "encode_text"):
-            if not hasattr(lit_model, member):
-                raise LitError("this input is not a LIT_MODEL.", input_name="lit_model",
-                               fix="connect the output of a LiT model loader or the Locked-image Tuning node.")
+        require_lit_model(lit_model)
         check_interrupted()
         callback = progress_callback(steps, desc="LiT enhance")
         with trainable():

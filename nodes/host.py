@@ -207,6 +207,13 @@ def with_node_errors(node: str) -> Callable:
     return wrap
 
 
+def require_lit_model(obj: Any) -> None:
+    """A clear error when something other than a LIT_MODEL reaches a LIT_MODEL input (the samplers duck-type it)."""
+    if not all(hasattr(obj, member) for member in ("encode_image", "encode_text")):
+        raise LitError("this input is not a LIT_MODEL.", input_name="lit_model",
+                       fix="connect the output of 'LiT Load Adapter' or 'LiT Locked Tuning'.")
+
+
 @contextmanager
 def trainable() -> Iterator[None]:
     """Nodes run under ``torch.inference_mode()``; optimisation inside a node needs it lifted."""

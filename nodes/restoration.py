@@ -9,7 +9,15 @@ from ..models.denoisers import DCTDenoiser, DiffusionDenoiser
 from ..models.errors import LitError
 from ..models.restoration_sampler import restore, schedule_for
 from . import host
-from .host import CATEGORY, check_interrupted, compare_ui, progress_callback, torch_device, with_node_errors
+from .host import (
+    CATEGORY,
+    check_interrupted,
+    compare_ui,
+    progress_callback,
+    require_lit_model,
+    torch_device,
+    with_node_errors,
+)
 
 RESTORE_TASKS = ["denoise", "deblur (gaussian)", "deblur (motion)", "inpaint", "upscale x2", "upscale x3",
                  "upscale x4", "jpeg artifacts"]
@@ -143,10 +151,7 @@ class LiTRestorationSampler:
             denoiser = DCTDenoiser(block_matching=degradation == "denoise")
         n_steps = steps if steps > 0 else schedule_for(op).steps
         if lit_model is not None and guidance > 0:
-            for member in ("encode_image", "encode_text"):
-                if not hasattr(lit_model, member):
-                    raise LitError("this input is not a LIT_MODEL.", input_name="lit_model",
-                                   fix="connect a LiT model loader or the Locked-image Tuning node.")
+            require_lit_model(lit_model)
         out = restore(op, denoiser, steps=n_steps, seed=seed, strength=strength, stochastic=stochastic,
                       lit_model=lit_model, positive=[p for p in positive.splitlines() if p.strip()],
                       negative=[p for p in negative.splitlines() if p.strip()], guidance=guidance,
