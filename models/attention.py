@@ -15,9 +15,10 @@ Conventions (identical on both paths):
 - A query row whose keys are all masked outputs zeros (as SDPA does).
 
 Which path runs: ``backend`` argument, else ``$COMFYUI_LIT_ATTENTION`` (``triton`` | ``torch`` | ``auto``,
-default ``auto``). ``auto`` uses the kernel for CUDA tensors it supports when Triton is installed, SDPA
-otherwise. ``triton`` forces the kernel (on the CPU it needs ``TRITON_INTERPRET=1``) and raises a
-:class:`LitError` saying why when it cannot run; ``torch`` always uses SDPA.
+default ``auto``). ``auto`` uses the kernel for fp16/bf16 CUDA tensors it supports when Triton is installed,
+SDPA otherwise (fp32 included: the kernel's exact-fp32 path is for correctness, not speed). ``triton`` forces
+the kernel (on the CPU it needs ``TRITON_INTERPRET=1``) and raises a :class:`LitError` saying why when it cannot
+run; ``torch`` always uses SDPA.
 
 The transformers side: :func:`register_transformers_attention` registers the kernel as attention
 implementation ``"lit_triton"``; :func:`preferred_attn_implementation` is what tower loaders pass as
@@ -115,8 +116,10 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, key_p
 
 
 def _auto_uses_kernel(q: torch.Tensor) -> bool:
-    # the interpreter also runs CPU tensors, but is a test tool: "auto" only picks the kernel on CUDA
-    return q.is_cuda
+    # the interpreter also runs CPU tensors, but is a test tool: "auto" only picks the kernel on CUDA. fp32 goes
+    # to SDPA: our fp32 path keeps exact fp32 dot products (no tensor cores) and only fits small tiles
+    # (bench/attention_compile.py), so it is there for correctness, not speed
+    return q.is_cuda and q.dtype != torch.float32
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: str = "bhnd", causal: bool = False,

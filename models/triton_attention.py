@@ -91,14 +91,28 @@ if TRITON_AVAILABLE:
             return tl.dot(a, b, input_precision=PRECISION)
 
     @triton.jit
+    def _hint(sb, sh, sn, ALIGN: tl.constexpr):
+        # Triton only learns "divisible by 16" from arguments; head dims like 72 leave the head stride at 72
+        # elements and every tile load scalar. ALIGN (the strides' common power-of-two factor, from the
+        # wrapper) restores 16-byte vector loads.
+        # (a hint on a kernel argument itself is dropped: it has to sit on an operation, here the widening)
+        if ALIGN > 1:
+            sb = tl.multiple_of(sb.to(tl.int64), ALIGN)
+            sh = tl.multiple_of(sh.to(tl.int64), ALIGN)
+            sn = tl.multiple_of(sn.to(tl.int64), ALIGN)
+        return sb, sh, sn
+
+    @triton.jit
     def _scores(q, k_t, bias_ptrs, kpm_ptrs, offs_m, cols, qk_scale, N_Q, N_K,
                 HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, CAUSAL: tl.constexpr,
                 PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         # log2-domain scores of one [BLOCK_M, BLOCK_N] tile with every mask applied (-inf = dropped)
         s = _dot(q, k_t, PRECISION, UPCAST) * qk_scale
-        valid = (offs_m[:, None] < N_Q) & (cols[None, :] < N_K)
+        # rows past N_Q need no mask: their q is zero (finite scores), the forward never stores them and the
+        # backward gives them lse = +inf, so their probabilities are 0
+        valid = (cols < N_K)[None, :]
         if HAS_BIAS:
-            bias = tl.load(bias_ptrs, mask=valid, other=0.0).to(tl.float32)
+            bias = tl.load(bias_ptrs, mask=(offs_m[:, None] < N_Q) & valid, other=0.0).to(tl.float32)
             s += bias * 1.4426950408889634
         if HAS_KPM:
             keep = tl.load(kpm_ptrs, mask=cols < N_K, other=0)
@@ -111,10 +125,14 @@ if TRITON_AVAILABLE:
     def _fwd_kernel(Q, K, V, OUT, LSE, BIAS, KPM,
                     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
                     sbb, sbh, sbm, sbn, skpb, skpn,
-                    qk_scale, H, N_Q, N_K, HEAD_D,
+                    qk_scale, H, N_Q, N_K, HEAD_D: tl.constexpr, ALIGN: tl.constexpr,
                     HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, CAUSAL: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                     ONE_BLOCK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        sqb, sqh, sqn = _hint(sqb, sqh, sqn, ALIGN)
+        skb, skh, skn = _hint(skb, skh, skn, ALIGN)
+        svb, svh, svn = _hint(svb, svh, svn, ALIGN)
+        sob, soh, son = _hint(sob, soh, son, ALIGN)
         start_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = (bh // H).to(tl.int64)
@@ -126,7 +144,9 @@ if TRITON_AVAILABLE:
 
         q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :] * sqd,
                     mask=(offs_m[:, None] < N_Q) & mask_d[None, :], other=0.0)
-        k_base = K + b * skb + h * skh + offs_d[:, None] * skd  # K loaded transposed: [BLOCK_D, BLOCK_N]
+        # K is loaded [BLOCK_N, BLOCK_D] (d contiguous) and transposed in registers: loading it transposed
+        # straight from memory compiles to scalar 2-byte loads on the one-tile path (no cp.async pipeline there)
+        k_base = K + b * skb + h * skh + offs_d[None, :] * skd
         v_base = V + b * svb + h * svh + offs_d[None, :] * svd
         bias_base = BIAS + b * sbb + h * sbh + offs_m[:, None] * sbm
         kpm_base = KPM + b * skpb
@@ -138,8 +158,8 @@ if TRITON_AVAILABLE:
         if ONE_BLOCK:
             # short sequences (towers: 64/77 tokens): all keys fit one tile, a plain softmax, no rescaling
             cols = offs_n
-            k_t = tl.load(k_base + cols[None, :] * skn, mask=mask_d[:, None] & (cols[None, :] < N_K), other=0.0)
-            s = _scores(q, k_t, bias_base + cols[None, :] * sbn, kpm_base + cols * skpn, offs_m, cols, qk_scale,
+            k = tl.load(k_base + cols[:, None] * skn, mask=(cols[:, None] < N_K) & mask_d[None, :], other=0.0)
+            s = _scores(q, tl.trans(k), bias_base + cols[None, :] * sbn, kpm_base + cols * skpn, offs_m, cols, qk_scale,
                         N_Q, N_K, HAS_BIAS, HAS_KPM, CAUSAL, PRECISION, UPCAST)
             m_i = tl.max(s, 1)
             m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
@@ -153,8 +173,8 @@ if TRITON_AVAILABLE:
                 hi = tl.minimum(N_K, (start_m + 1) * BLOCK_M)  # tiles right of the diagonal are fully masked
             for start_n in range(0, hi, BLOCK_N):
                 cols = start_n + offs_n
-                k_t = tl.load(k_base + cols[None, :] * skn, mask=mask_d[:, None] & (cols[None, :] < N_K), other=0.0)
-                s = _scores(q, k_t, bias_base + cols[None, :] * sbn, kpm_base + cols * skpn, offs_m, cols,
+                k = tl.load(k_base + cols[:, None] * skn, mask=(cols[:, None] < N_K) & mask_d[None, :], other=0.0)
+                s = _scores(q, tl.trans(k), bias_base + cols[None, :] * sbn, kpm_base + cols * skpn, offs_m, cols,
                             qk_scale, N_Q, N_K, HAS_BIAS, HAS_KPM, CAUSAL, PRECISION, UPCAST)
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 # a row with no kept key so far has max -inf: subtract 0 instead so exp2 gives 0, not NaN
@@ -179,11 +199,17 @@ if TRITON_AVAILABLE:
                          sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdon, sdod,
                          sbb, sbh, sbm, sbn, skpb, skpn,
                          sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
-                         qk_scale, sm_scale, H, N_Q, N_K, HEAD_D,
+                         qk_scale, sm_scale, H, N_Q, N_K, HEAD_D: tl.constexpr, ALIGN: tl.constexpr,
                          HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, CAUSAL: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                          PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         # one program owns a key tile and walks all query tiles: dK, dV accumulate in registers, no atomics
+        sqb, sqh, sqn = _hint(sqb, sqh, sqn, ALIGN)
+        skb, skh, skn = _hint(skb, skh, skn, ALIGN)
+        svb, svh, svn = _hint(svb, svh, svn, ALIGN)
+        sdob, sdoh, sdon = _hint(sdob, sdoh, sdon, ALIGN)
+        sdkb, sdkh, sdkn = _hint(sdkb, sdkh, sdkn, ALIGN)
+        sdvb, sdvh, sdvn = _hint(sdvb, sdvh, sdvn, ALIGN)
         start_n = tl.program_id(0)
         bh = tl.program_id(1)
         b = (bh // H).to(tl.int64)
@@ -233,11 +259,16 @@ if TRITON_AVAILABLE:
                        sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdon, sdod,
                        sbb, sbh, sbm, sbn, skpb, skpn,
                        sdqb, sdqh, sdqn, sdqd,
-                       qk_scale, sm_scale, H, N_Q, N_K, HEAD_D,
+                       qk_scale, sm_scale, H, N_Q, N_K, HEAD_D: tl.constexpr, ALIGN: tl.constexpr,
                        HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, CAUSAL: tl.constexpr, HAS_DBIAS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                        PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         # one program owns a query tile and walks the key tiles: dQ in registers; dBias (= dS) written per tile
+        sqb, sqh, sqn = _hint(sqb, sqh, sqn, ALIGN)
+        skb, skh, skn = _hint(skb, skh, skn, ALIGN)
+        svb, svh, svn = _hint(svb, svh, svn, ALIGN)
+        sdob, sdoh, sdon = _hint(sdob, sdoh, sdon, ALIGN)
+        sdqb, sdqh, sdqn = _hint(sdqb, sdqh, sdqn, ALIGN)
         start_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = (bh // H).to(tl.int64)
@@ -286,33 +317,64 @@ if TRITON_AVAILABLE:
         tl.store(DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdqn + offs_d[None, :] * sdqd,
                  dq.to(DQ.dtype.element_ty), mask=row_mask[:, None] & mask_d[None, :])
 
-    def _prune_fwd(configs, named_args, **kwargs):
-        # blocks far wider than the key sequence only waste registers; keep at least one config
-        n_k = named_args["N_K"]
-        cap = max(16, triton.next_power_of_2(n_k))
-        kept = [c for c in configs if c.kwargs["BLOCK_N"] <= cap]
-        return kept or configs[:1]
+    def _cfg(block_m: int, block_n: int, warps: int, stages: int):
+        return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
 
-    # Small, H100/A100-sensible sets: 64/128-wide tiles, 4 or 8 warps, 2-3 pipeline stages.
-    _FWD_CONFIGS = [
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
-    ]
-    _BWD_CONFIGS = [
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
-    ]
-    _KEY = ["N_Q", "N_K", "HEAD_D", "HAS_BIAS", "HAS_KPM", "CAUSAL"]
+    # Config sets per class (see config_class), chosen with bench/attention_compile.py: every fp16/bf16 config
+    # compiles for sm_90 without spilling and fits its shared memory (tests/test_attention_compile.py keeps it
+    # so), spills at most a few bytes on sm_80, and each class keeps spill-free configs for the 99 KiB of
+    # RTX 30xx/40xx. Wide head dims need 8 warps for the [BLOCK, 128] fp32 accumulators; fp32 (ieee dots, no
+    # tensor cores) only fits small tiles and is a correctness path: "auto" sends fp32 to SDPA.
+    CONFIGS = {
+        "fwd": {
+            "d64": [_cfg(128, 64, 4, 3), _cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3),
+                    _cfg(64, 128, 8, 2), _cfg(64, 32, 4, 2)],
+            "d128": [_cfg(128, 64, 8, 3), _cfg(64, 64, 4, 3), _cfg(64, 128, 8, 2), _cfg(64, 32, 4, 2)],
+            "fp32": [_cfg(32, 32, 4, 2)],
+        },
+        "dkdv": {
+            "d64": [_cfg(64, 64, 8, 2), _cfg(32, 64, 4, 2), _cfg(64, 32, 4, 2), _cfg(128, 32, 8, 2)],
+            "d128": [_cfg(64, 64, 8, 2), _cfg(32, 64, 8, 2), _cfg(32, 32, 4, 2)],
+            "fp32": [_cfg(32, 32, 4, 2)],
+        },
+        "dq": {
+            "d64": [_cfg(64, 64, 4, 2), _cfg(128, 64, 8, 2), _cfg(64, 32, 4, 2), _cfg(128, 32, 8, 2)],
+            "d128": [_cfg(64, 64, 8, 2), _cfg(128, 32, 8, 2), _cfg(64, 32, 4, 2), _cfg(128, 64, 8, 2)],
+            "fp32": [_cfg(32, 32, 4, 2)],
+        },
+    }
 
-    _fwd_tuned = triton.autotune(_FWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_fwd})(
+    def _all_configs(kernel: str) -> list:
+        unique: list = []
+        for configs in CONFIGS[kernel].values():
+            unique += [c for c in configs if c not in unique]
+        return unique
+
+    def _pruner(kernel: str):
+        def prune(configs, named_args, **kwargs):
+            kept = CONFIGS[kernel][config_class(named_args["Q"].dtype, kwargs["BLOCK_D"])]
+            if kernel == "fwd":
+                # key tiles far wider than the key sequence only waste registers
+                cap = max(16, triton.next_power_of_2(named_args["N_K"]))
+                kept = [c for c in kept if c.kwargs["BLOCK_N"] <= cap] or kept[-1:]
+            return kept
+
+        return {"early_config_prune": prune}
+
+    _KEY = ["N_Q", "N_K", "HEAD_D", "HAS_BIAS", "HAS_KPM", "CAUSAL", "ALIGN"]
+
+    _fwd_tuned = triton.autotune(_all_configs("fwd"), key=_KEY, prune_configs_by=_pruner("fwd"))(
         triton.heuristics({"ONE_BLOCK": lambda a: a["N_K"] <= a["BLOCK_N"]})(_fwd_kernel))
-    _dkdv_tuned = triton.autotune(_BWD_CONFIGS, key=_KEY)(_bwd_dkdv_kernel)
-    _dq_tuned = triton.autotune(_BWD_CONFIGS, key=_KEY + ["HAS_DBIAS"])(_bwd_dq_kernel)
+    _dkdv_tuned = triton.autotune(_all_configs("dkdv"), key=_KEY, prune_configs_by=_pruner("dkdv"))(_bwd_dkdv_kernel)
+    _dq_tuned = triton.autotune(_all_configs("dq"), key=_KEY + ["HAS_DBIAS"], prune_configs_by=_pruner("dq"))(
+        _bwd_dq_kernel)
+
+
+def config_class(dtype: torch.dtype, block_d: int) -> str:
+    """Which autotune config set a launch draws from: ``fp32``, ``d128`` (head dims 65..128) or ``d64``."""
+    if dtype == torch.float32:
+        return "fp32"
+    return "d128" if block_d > 64 else "d64"
 
 
 def _bhnd_strides(t: torch.Tensor | None) -> tuple[int, int, int, int]:
@@ -325,6 +387,18 @@ def _empty_like_layout(q: torch.Tensor, shape: tuple[int, ...] | None = None) ->
     if q.stride(1) < q.stride(2):  # head stride smaller than token stride: the [B, N, H, d] memory layout
         return torch.empty(b, n, h, d, device=q.device, dtype=q.dtype).transpose(1, 2)
     return torch.empty(b, h, n, d, device=q.device, dtype=q.dtype)
+
+
+def _stride_align(*tensors: torch.Tensor) -> int:
+    """The largest power of two (at most 16) dividing every batch/head/token stride, 1 unless d is contiguous."""
+    align = 16
+    for t in tensors:
+        if t.stride(-1) != 1 and t.shape[-1] > 1:
+            return 1
+        for size, stride in zip(t.shape[:-1], t.stride()[:-1], strict=True):
+            if size > 1:
+                align = math.gcd(align, stride)
+    return max(1, align)
 
 
 def _meta(q: torch.Tensor, blocks: tuple[int, int] | None) -> dict:
@@ -353,7 +427,8 @@ def _forward(q, k, v, bias, kpm, causal: bool, scale: float,
             *(kpm.stride() if kpm is not None else (0, 0)),
             scale * _LOG2E, heads, n_q, n_k, d)
     flags = {"HAS_BIAS": bias is not None, "HAS_KPM": kpm is not None, "CAUSAL": causal,
-             "BLOCK_D": meta["BLOCK_D"], "PRECISION": meta["PRECISION"], "UPCAST": meta["UPCAST"]}
+             "BLOCK_D": meta["BLOCK_D"], "PRECISION": meta["PRECISION"], "UPCAST": meta["UPCAST"],
+             "ALIGN": _stride_align(q, k, v, o)}
     if meta["blocks"] is not None:
         bm, bn = meta["blocks"]
         grid = (triton.cdiv(n_q, bm), bsz * heads)
@@ -382,7 +457,8 @@ def _backward(do, q, k, v, o, lse, bias, kpm, causal: bool, scale: float, need_d
               *(kpm.stride() if kpm is not None else (0, 0)))
     tail = (scale * _LOG2E, scale, heads, n_q, n_k, d)
     flags = {"HAS_BIAS": bias is not None, "HAS_KPM": kpm is not None, "CAUSAL": causal,
-             "BLOCK_D": meta["BLOCK_D"], "PRECISION": meta["PRECISION"], "UPCAST": meta["UPCAST"]}
+             "BLOCK_D": meta["BLOCK_D"], "PRECISION": meta["PRECISION"], "UPCAST": meta["UPCAST"],
+             "ALIGN": _stride_align(q, k, v, do, dq, dk, dv)}
     kv_args = (q, k, v, do, lse, delta, b_arg, m_arg, dk, dv, *common, *dk.stride(), *dv.stride(), *tail)
     q_args = (q, k, v, do, lse, delta, b_arg, m_arg, dq, dbias if dbias is not None else dummy, *common,
               *dq.stride(), *tail)

@@ -131,7 +131,8 @@ def test_every_autotune_config_is_correct():
     kpm[:, 0] = True
     ref_inputs = [t.clone().requires_grad_(True) for t in (q, k, v)]
     ref = reference(*ref_inputs, causal=True, kpm=kpm, bias=bias)
-    shapes = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in ta._FWD_CONFIGS + ta._BWD_CONFIGS}
+    shapes = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"])
+              for kernel in ta.CONFIGS.values() for configs in kernel.values() for c in configs}
     want = None
     for blocks in sorted(shapes):
         o, do, grads = _raw_grads(q, k, v, bias.detach(), kpm, True, blocks)
@@ -142,28 +143,61 @@ def test_every_autotune_config_is_correct():
             assert (a - w).abs().max() < 1e-4, blocks
 
 
-def test_autotuned_launchers_run(monkeypatch):
-    """The GPU launch path (autotune + heuristics + grid lambdas), with the benchmark stubbed out on the CPU."""
+def _stub_autotune(monkeypatch):
     monkeypatch.setattr(ta, "AUTOTUNE_UNDER_INTERPRETER", True)
-    timings = iter(range(1000))
+    timings = iter(range(10_000))
     for tuner in (ta._fwd_tuned, ta._dkdv_tuned, ta._dq_tuned):
         monkeypatch.setattr(tuner, "_do_bench", lambda fn, quantiles: (fn(), [float(next(timings))] * 3)[1])
         monkeypatch.setattr(tuner, "cache", {})
-    q, k, v = make(1, 1, 40, 77, 32, seed=7)  # 77 keys: BLOCK_N 128 is one tile (ONE_BLOCK), 32/64 loop
-    bias = torch.randn(1, 1, 40, 77, requires_grad=True)
+        monkeypatch.setattr(tuner, "configs_timings", None, raising=False)
+
+
+def test_autotuned_launchers_run(monkeypatch):
+    """The GPU launch path (autotune + heuristics + grid lambdas), with the benchmark stubbed out on the CPU."""
+    _stub_autotune(monkeypatch)
+    q, k, v = make(1, 1, 40, 77, 32, dtype=torch.float16, seed=7)  # 77 keys: BLOCK_N 128 is one tile, 32/64 loop
+    bias = torch.randn(1, 1, 40, 77).half().requires_grad_(True)
     out = attention(q, k, v, attn_bias=bias, causal=True, backend="triton")
     ref = reference(q, k, v, causal=True, bias=bias)
-    assert (out - ref).abs().max() < 1e-4
-    got = torch.autograd.grad(out.sum(), [q, k, v, bias])
+    assert (out.float() - ref).abs().max() < TOL[torch.float16]
+    got = torch.autograd.grad(out.float().sum(), [q, k, v, bias])
     want = torch.autograd.grad(ref.sum(), [q, k, v, bias])
-    assert all((a - w).abs().max() < 1e-4 for a, w in zip(got, want, strict=True))
-    assert len(ta._fwd_tuned.configs_timings) == len(ta._FWD_CONFIGS)
-    assert len(ta._dq_tuned.configs_timings) == len(ta._BWD_CONFIGS)  # every backward config ran
-    assert ta._dq_tuned.best_config is ta._BWD_CONFIGS[0]  # the stub timed the first one fastest
-    q, k, v = (t[:, :, :, :16].detach() for t in make(1, 1, 20, 20, 32, seed=8))  # tiny: prune leaves one
-    out = attention(q, k, v, backend="triton")
-    assert (out - reference(q, k, v)).abs().max() < 1e-4
+    for a, w in zip(got, want, strict=True):
+        assert (a.float() - w).abs().max() < TOL[torch.float16] * max(1.0, w.abs().max().item())
+    # every config of the head-dim-64 class was timed (none pruned: 77 keys allow 128-wide tiles)
+    assert set(ta._fwd_tuned.configs_timings) == set(ta.CONFIGS["fwd"]["d64"])
+    assert set(ta._dkdv_tuned.configs_timings) == set(ta.CONFIGS["dkdv"]["d64"])
+    assert set(ta._dq_tuned.configs_timings) == set(ta.CONFIGS["dq"]["d64"])
+    assert ta._dq_tuned.best_config == ta.CONFIGS["dq"]["d64"][0]  # the stub timed the first one fastest
+    q, k, v = (t[:, :, :, :16].detach() for t in make(1, 1, 20, 20, 32, dtype=torch.float16, seed=8))
+    out = attention(q, k, v, backend="triton")  # 20 keys: the prune leaves only 32-wide key tiles
+    assert (out.float() - reference(q, k, v)).abs().max() < TOL[torch.float16]
     assert ta._fwd_tuned.best_config.kwargs["BLOCK_N"] <= 32
+
+
+def test_autotune_draws_configs_by_head_dim_and_dtype(monkeypatch):
+    """Head dims 65..128 get the 8-warp set, fp32 its small-tile set: the sets the compile report checked."""
+    _stub_autotune(monkeypatch)
+    q, k, v = make(1, 1, 24, 100, 80, dtype=torch.float16, seed=3)
+    out = attention(q, k, v, backend="triton")
+    assert (out.float() - reference(q, k, v)).abs().max() < TOL[torch.float16]
+    assert set(ta._fwd_tuned.configs_timings) == set(ta.CONFIGS["fwd"]["d128"])
+    out.float().sum().backward()
+    assert set(ta._dkdv_tuned.configs_timings) == set(ta.CONFIGS["dkdv"]["d128"])
+    q, k, v = make(1, 1, 24, 24, 32, seed=3)
+    out = attention(q, k, v, backend="triton")
+    assert (out - reference(q, k, v)).abs().max() < TOL[torch.float32]
+    assert ta._fwd_tuned.best_config == ta.CONFIGS["fwd"]["fp32"][0]
+    assert ta.config_class(torch.bfloat16, 128) == "d128" and ta.config_class(torch.bfloat16, 32) == "d64"
+
+
+def test_auto_sends_only_half_precision_cuda_tensors_to_the_kernel():
+    from types import SimpleNamespace
+
+    assert attn_mod._auto_uses_kernel(SimpleNamespace(is_cuda=True, dtype=torch.bfloat16))
+    assert attn_mod._auto_uses_kernel(SimpleNamespace(is_cuda=True, dtype=torch.float16))
+    assert not attn_mod._auto_uses_kernel(SimpleNamespace(is_cuda=True, dtype=torch.float32))
+    assert not attn_mod._auto_uses_kernel(SimpleNamespace(is_cuda=False, dtype=torch.bfloat16))
 
 
 def test_custom_scale():
