@@ -27,8 +27,8 @@ def _import_package():
     from _package import import_package
 
     import_package()
-    from comfyui_lit.models import attention as attn_mod
-    from comfyui_lit.models import triton_attention as ta
+    from comfyui_lit.models.attention import dispatch as attn_mod
+    from comfyui_lit.models.attention import triton_kernel as ta
 
     return attn_mod, ta
 

@@ -55,7 +55,7 @@ def _import_package():
     from _package import import_package
 
     import_package()
-    from comfyui_lit.models import triton_attention as ta
+    from comfyui_lit.models.attention import triton_kernel as ta
 
     return ta
 

@@ -111,7 +111,7 @@ class TowerGuide:
 
 
 def tower_guides(photos: dict[str, torch.Tensor]):
-    from comfyui_lit.models.image_tower import load_image_tower
+    from comfyui_lit.models.towers.image_tower import load_image_tower
 
     tower = load_image_tower(None)
     with torch.no_grad():
@@ -169,7 +169,7 @@ def clahe(x: torch.Tensor) -> torch.Tensor:
 
 def direct_pixels(x: torch.Tensor, model, steps: int, guidance: float = 1.0, fidelity: float = 1.0) -> torch.Tensor:
     """The sampler's objective, but the parameters are the full-resolution pixels themselves."""
-    from comfyui_lit.models.enhancement_sampler import antonym_scores, structure_loss, text_directions
+    from comfyui_lit.models.enhancement.sampler import antonym_scores, structure_loss, text_directions
 
     src = x.movedim(-1, 1).clone()
     text = text_directions(model, POS, NEG)
@@ -202,7 +202,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     _import_package()
-    from comfyui_lit.models.enhancement_sampler import enhance
+    from comfyui_lit.models.enhancement.sampler import enhance
 
     names = PHOTOS[:3] if args.quick else PHOTOS
     photos = {n: load_photo(n, args.size) for n in names}

@@ -28,10 +28,10 @@ from _package import import_package as _import_package  # noqa: E402
 
 def _setup(data_dir: str, image_encoder: str | None = None):
     _import_package()
-    from comfyui_lit.models.dataset import load_folder
-    from comfyui_lit.models.demo_data import skimage_captioned_set
-    from comfyui_lit.models.image_tower import load_image_tower
-    from comfyui_lit.models.text_tower import load_text_tower
+    from comfyui_lit.models.data.dataset import load_folder
+    from comfyui_lit.models.towers.image_tower import load_image_tower
+    from comfyui_lit.models.towers.text_tower import load_text_tower
+    from comfyui_lit.models.tuning.demo_data import skimage_captioned_set
 
     if not os.path.isdir(data_dir) or not os.listdir(data_dir):
         skimage_captioned_set(data_dir, crops_per_photo=4)
@@ -41,8 +41,8 @@ def _setup(data_dir: str, image_encoder: str | None = None):
 def _run(ds, image_tower, text_tower, *, mode: str, cached: bool, steps: int, batch: int, cache_dir: str):
     import torch
 
-    from comfyui_lit.models.lit_model import LitModel
-    from comfyui_lit.models.trainer import TrainConfig, train_locked
+    from comfyui_lit.models.tuning.lit_model import LitModel
+    from comfyui_lit.models.tuning.trainer import TrainConfig, train_locked
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -116,7 +116,7 @@ def _bench(args) -> None:
           f"best of {args.reps}; load average {os.getloadavg()[0]:.1f}")
     # One-time cache build (what the first run of a user pays once per tower + dataset).
     t0 = time.perf_counter()
-    from comfyui_lit.models.embedding_cache import EmbeddingCache
+    from comfyui_lit.models.data.embedding_cache import EmbeddingCache
 
     build = EmbeddingCache(it, args.cache)
     build.embed_dataset(ds)

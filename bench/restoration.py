@@ -21,9 +21,9 @@ _import_package()
 from skimage import data, restoration  # noqa: E402
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # noqa: E402
 
-from comfyui_lit.models import degradations as D  # noqa: E402
-from comfyui_lit.models.denoisers import DCTDenoiser  # noqa: E402
-from comfyui_lit.models.restoration_sampler import restore  # noqa: E402
+from comfyui_lit.models.restoration import degradations as D  # noqa: E402
+from comfyui_lit.models.restoration.denoisers import DCTDenoiser  # noqa: E402
+from comfyui_lit.models.restoration.sampler import restore  # noqa: E402
 
 try:
     import cv2

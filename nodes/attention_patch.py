@@ -18,9 +18,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..models import triton_attention as ta
-from ..models.attention import attention, requested_backend
-from ..models.errors import LitError
+from ..models.attention import triton_kernel as ta
+from ..models.attention.dispatch import attention, requested_backend
+from ..models.common.errors import LitError
 from .host import CATEGORY, with_node_errors
 
 log = logging.getLogger(__name__)

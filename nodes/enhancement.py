@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..models.enhancement_ops import EnhancementParams, apply_enhancement
-from ..models.enhancement_sampler import DEFAULT_NEGATIVE, DEFAULT_POSITIVE, enhance
-from ..models.errors import LitError
+from ..models.common.errors import LitError
+from ..models.enhancement.ops import EnhancementParams, apply_enhancement
+from ..models.enhancement.sampler import DEFAULT_NEGATIVE, DEFAULT_POSITIVE, enhance
 from .host import (
     CATEGORY,
     check_interrupted,

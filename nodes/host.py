@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..models.errors import LitError
+from ..models.common.errors import LitError
 
 try:  # pragma: no cover - exercised only inside ComfyUI
     import folder_paths  # type: ignore[import-not-found]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..models.image_tower import DEFAULT_IMAGE_NAME, load_image_tower, tower_from_comfy_clip_vision
-from ..models.text_tower import DEFAULT_TEXT_NAME, load_text_tower
+from ..models.towers.image_tower import DEFAULT_IMAGE_NAME, load_image_tower, tower_from_comfy_clip_vision
+from ..models.towers.text_tower import DEFAULT_TEXT_NAME, load_text_tower
 from .host import (
     CATEGORY,
     comfy_tokenizer_dirs,

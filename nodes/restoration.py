@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ..models import degradations as deg
-from ..models.denoisers import DCTDenoiser, DiffusionDenoiser
-from ..models.errors import LitError
-from ..models.restoration_sampler import restore, schedule_for
+from ..models.common.errors import LitError
+from ..models.restoration import degradations as deg
+from ..models.restoration.denoisers import DCTDenoiser, DiffusionDenoiser
+from ..models.restoration.sampler import restore, schedule_for
 from . import host
 from .host import (
     CATEGORY,

@@ -8,10 +8,10 @@ import re
 
 import torch
 
-from ..models.dataset import from_images, load_dataset
-from ..models.errors import LitError
-from ..models.lit_model import LitModel, load_adapter, read_adapter_metadata, save_adapter
-from ..models.trainer import TrainConfig, train_locked
+from ..models.common.errors import LitError
+from ..models.data.dataset import from_images, load_dataset
+from ..models.tuning.lit_model import LitModel, load_adapter, read_adapter_metadata, save_adapter
+from ..models.tuning.trainer import TrainConfig, train_locked
 from .host import (
     CATEGORY,
     LIT_FOLDER,

@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from ..models.errors import LitError
-from ..models.zero_shot import classify, parse_lines, rank, score
+from ..models.common.errors import LitError
+from ..models.retrieval.zero_shot import classify, parse_lines, rank, score
 from .host import CATEGORY, check_interrupted, with_node_errors
 
 DEFAULT_TEMPLATES = "a photo of a {}.\na picture of a {}.\n{}"

@@ -13,9 +13,15 @@ import sys
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torchvision_cpu import import_torchvision_on_cpu_torch  # noqa: E402
+
 # The Triton interpreter must be chosen before triton is imported anywhere: kernels are tested on the CPU.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+import_torchvision_on_cpu_torch()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

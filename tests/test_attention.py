@@ -21,14 +21,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from comfyui_lit.models import attention as attn_mod  # noqa: E402
-from comfyui_lit.models import triton_attention as ta  # noqa: E402
-from comfyui_lit.models.attention import (  # noqa: E402
+from comfyui_lit.models.attention import dispatch as attn_mod  # noqa: E402
+from comfyui_lit.models.attention import triton_kernel as ta  # noqa: E402
+from comfyui_lit.models.attention.dispatch import (  # noqa: E402
     attention,
     preferred_attn_implementation,
     register_transformers_attention,
 )
-from comfyui_lit.models.errors import LitError  # noqa: E402
+from comfyui_lit.models.common.errors import LitError  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not ta.TRITON_AVAILABLE, reason="triton is a declared dependency of this test")
 

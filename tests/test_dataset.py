@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_lit.models.dataset import from_images, load_dataset, load_folder, load_manifest, read_image
-from comfyui_lit.models.errors import LitError
+from comfyui_lit.models.common.errors import LitError
+from comfyui_lit.models.data.dataset import from_images, load_dataset, load_folder, load_manifest, read_image
 
 
 def _save(path: str, size=(12, 8), colour=(200, 30, 30), mode="RGB", **kw) -> str:

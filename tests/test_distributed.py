@@ -30,9 +30,9 @@ _LOOPBACK_ENV = {**os.environ, "OMP_NUM_THREADS": "1",
 
 def _towers():
     """A tiny random-init CNN (locked; its features only need to be fixed, not good) and the real MiniLM."""
-    from comfyui_lit.models.demo_data import TinyShapesCNN
-    from comfyui_lit.models.image_tower import ImageTower
-    from comfyui_lit.models.text_tower import load_text_tower
+    from comfyui_lit.models.towers.image_tower import ImageTower
+    from comfyui_lit.models.towers.text_tower import load_text_tower
+    from comfyui_lit.models.tuning.demo_data import TinyShapesCNN
 
     torch.manual_seed(0)
     net = TinyShapesCNN(dim=32).eval()
@@ -41,16 +41,16 @@ def _towers():
 
 
 def _config(steps: int = STEPS, batch: int = PER_RANK_BATCH, **kw):
-    from comfyui_lit.models.trainer import TrainConfig
+    from comfyui_lit.models.tuning.trainer import TrainConfig
 
     # val_every 4: validation and best-state selection are part of what a resume must reproduce
     return TrainConfig(steps=steps, batch_size=batch, lr=3e-3, val_fraction=0.2, val_every=4, seed=3, **kw)
 
 
 def _train(data: str, cache: str, config, loss: str = "softmax", stop_at: int = 0):
-    from comfyui_lit.models.dataset import load_folder
-    from comfyui_lit.models.lit_model import LitModel
-    from comfyui_lit.models.trainer import train_locked
+    from comfyui_lit.models.data.dataset import load_folder
+    from comfyui_lit.models.tuning.lit_model import LitModel
+    from comfyui_lit.models.tuning.trainer import train_locked
 
     image, text = _towers()
     model = LitModel(image, text, mode="head", loss=loss, seed=0)
@@ -67,8 +67,8 @@ def _worker(argv: list[str]) -> None:
     sys.path.insert(0, HERE)
     import conftest  # noqa: F401 - registers the checkout as comfyui_lit
 
-    from comfyui_lit.models import distributed
-    from comfyui_lit.models.safetensors_io import save_tensors_atomic
+    from comfyui_lit.models.common.atomic import save_tensors_atomic
+    from comfyui_lit.models.tuning import distributed
 
     data, cache, out, loss, ckpt, every, resume, stop_at = argv
     rank, world = distributed.init_from_env("cpu")
@@ -100,7 +100,7 @@ def _torchrun(tmp, name: str, *, loss: str = "softmax", ckpt: str = "", every: i
 
 
 def _load(tmp, name: str):
-    from comfyui_lit.models.safetensors_io import load_tensors
+    from comfyui_lit.models.common.safetensors_io import load_tensors
 
     ranks = [json.load(open(tmp / f"{name}.rank{r}.json")) for r in range(2)]
     return load_tensors(str(tmp / f"{name}.safetensors")), ranks
@@ -111,7 +111,7 @@ def _close(a: dict, b: dict, atol: float) -> bool:
 
 
 def test_two_processes_equal_one_process_and_resume_after_a_kill(tmp_path):
-    from comfyui_lit.models.demo_data import write_shapes_folder
+    from comfyui_lit.models.tuning.demo_data import write_shapes_folder
 
     write_shapes_folder(str(tmp_path / "data"), N_IMAGES, seed=5)
     # 1 process, global batch 2b (its own cache folder: it must not profit from the 2-process cache)
@@ -157,7 +157,7 @@ def test_two_processes_equal_one_process_and_resume_after_a_kill(tmp_path):
 
 
 def test_one_process_resume_is_bit_equal(tmp_path):
-    from comfyui_lit.models.demo_data import write_shapes_folder
+    from comfyui_lit.models.tuning.demo_data import write_shapes_folder
 
     data, cache, ckpt = str(tmp_path / "data"), str(tmp_path / "cache"), str(tmp_path / "ckpt")
     write_shapes_folder(data, N_IMAGES, seed=6)
@@ -166,9 +166,9 @@ def test_one_process_resume_is_bit_equal(tmp_path):
     class Crash(Exception):
         pass
 
-    from comfyui_lit.models.dataset import load_folder
-    from comfyui_lit.models.lit_model import LitModel
-    from comfyui_lit.models.trainer import train_locked
+    from comfyui_lit.models.data.dataset import load_folder
+    from comfyui_lit.models.tuning.lit_model import LitModel
+    from comfyui_lit.models.tuning.trainer import train_locked
 
     image, text = _towers()
 
@@ -194,8 +194,8 @@ def test_one_process_resume_is_bit_equal(tmp_path):
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
     import pytest
 
-    from comfyui_lit.models.demo_data import write_shapes_folder
-    from comfyui_lit.models.errors import LitError
+    from comfyui_lit.models.common.errors import LitError
+    from comfyui_lit.models.tuning.demo_data import write_shapes_folder
 
     data, ckpt = str(tmp_path / "data"), str(tmp_path / "ckpt")
     write_shapes_folder(data, 12, seed=7)
@@ -207,8 +207,8 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
 def test_per_rank_loss_rows_sum_to_the_global_loss_and_gradient():
     import torch.nn.functional as F
 
-    from comfyui_lit.models.distributed import split_sizes
-    from comfyui_lit.models.losses import ContrastiveLoss, SigmoidLoss
+    from comfyui_lit.models.tuning.distributed import split_sizes
+    from comfyui_lit.models.tuning.losses import ContrastiveLoss, SigmoidLoss
 
     g = torch.Generator().manual_seed(0)
     img = F.normalize(torch.randn(7, 6, generator=g), dim=-1)
@@ -262,9 +262,9 @@ def test_streaming_tar_reader_yields_the_samples(tmp_path):
 
     import pytest
 
-    from comfyui_lit.models.embedding_cache import EmbeddingCache
-    from comfyui_lit.models.errors import LitError
-    from comfyui_lit.models.streaming import load_shards
+    from comfyui_lit.models.common.errors import LitError
+    from comfyui_lit.models.data.embedding_cache import EmbeddingCache
+    from comfyui_lit.models.data.streaming import load_shards
 
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (10, 20, 30), (200, 100, 0)]
     samples = [(f"s{i:03d}", _png(c), f"caption {i}\nalt {i}") for i, c in enumerate(colours)]
@@ -290,8 +290,8 @@ def test_streaming_tar_reader_yields_the_samples(tmp_path):
 
 
 def test_cli_train_runs_unchanged_under_torchrun_on_tar_shards(tmp_path):
-    from comfyui_lit.models.demo_data import write_shapes_folder
-    from comfyui_lit.models.lit_model import read_adapter_metadata
+    from comfyui_lit.models.tuning.demo_data import write_shapes_folder
+    from comfyui_lit.models.tuning.lit_model import read_adapter_metadata
 
     folder = write_shapes_folder(str(tmp_path / "folder"), 12, seed=8)
     stems = sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".png"))

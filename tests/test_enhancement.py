@@ -15,13 +15,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comfyui_lit.models.enhancement_ops import (
+from comfyui_lit.models.common.errors import LitError
+from comfyui_lit.models.enhancement.ops import (
     EnhancementParams,
     apply_enhancement,
     curve_knots,
 )
-from comfyui_lit.models.enhancement_sampler import enhance
-from comfyui_lit.models.errors import LitError
+from comfyui_lit.models.enhancement.sampler import enhance
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -130,7 +130,7 @@ def test_operator_is_monotone_bounded_and_seam_free(monkeypatch):
     x = torch.rand(1, 40, 50, 3, generator=torch.Generator().manual_seed(1))
     whole = apply_enhancement(x, p)
     assert whole.min() >= 0 and whole.max() <= 1
-    from comfyui_lit.models import enhancement_ops
+    from comfyui_lit.models.enhancement import ops as enhancement_ops
     monkeypatch.setattr(enhancement_ops, "SLICE_CHUNK_PIXELS", 7 * 50)  # slice in bands of 7 rows
     assert torch.allclose(apply_enhancement(x, p), whole, atol=1e-6)
 

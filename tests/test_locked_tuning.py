@@ -16,15 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_lit.models import demo_data, zero_shot
-from comfyui_lit.models.dataset import from_images, load_folder
-from comfyui_lit.models.embedding_cache import EmbeddingCache
-from comfyui_lit.models.errors import LitError
-from comfyui_lit.models.image_tower import ImageTower
-from comfyui_lit.models.lit_model import LitModel, load_adapter, read_adapter_metadata, save_adapter
-from comfyui_lit.models.safetensors_io import tensor_shapes
-from comfyui_lit.models.text_tower import load_text_tower
-from comfyui_lit.models.trainer import TrainConfig, count_forwards, train_locked
+from comfyui_lit.models.common.errors import LitError
+from comfyui_lit.models.common.safetensors_io import tensor_shapes
+from comfyui_lit.models.data.dataset import from_images, load_folder
+from comfyui_lit.models.data.embedding_cache import EmbeddingCache
+from comfyui_lit.models.retrieval import zero_shot
+from comfyui_lit.models.towers.image_tower import ImageTower
+from comfyui_lit.models.towers.text_tower import load_text_tower
+from comfyui_lit.models.tuning import demo_data
+from comfyui_lit.models.tuning.lit_model import LitModel, load_adapter, read_adapter_metadata, save_adapter
+from comfyui_lit.models.tuning.trainer import TrainConfig, count_forwards, train_locked
 
 TEMPLATES = ["a {} on a white background", "a {} on a black background", "a {} on a gray background"]
 # Held-out zero-shot accuracy over the 12 "<colour> <shape>" classes (chance 1/12 = 0.083) that the 300-step
@@ -303,8 +304,8 @@ def test_default_towers_on_skimage_photos(tmp_path, text_tower):
     """Real weights: locked EfficientNet-Lite0 + MiniLM, head mode, on the scikit-image photos with written
     captions. Validation images are other crops of the training photos, so this shows the real towers train
     (recall@k before -> after), not generalisation to new photos."""
-    from comfyui_lit.models.dataset import load_folder
-    from comfyui_lit.models.image_tower import load_image_tower
+    from comfyui_lit.models.data.dataset import load_folder
+    from comfyui_lit.models.towers.image_tower import load_image_tower
 
     folder = demo_data.skimage_captioned_set(str(tmp_path / "photos"), crops_per_photo=2)
     ds = load_folder(folder)
@@ -331,7 +332,7 @@ def test_class_name_captions_report_zero_shot_accuracy(tower, text_tower):
 def test_full_mode_trains_a_private_copy_and_round_trips(tower, text_tower, shapes, tmp_path):
     from transformers import BertConfig, BertModel
 
-    from comfyui_lit.models.text_tower import TextTower
+    from comfyui_lit.models.towers.text_tower import TextTower
 
     torch.manual_seed(0)
     bert = BertModel(BertConfig(vocab_size=text_tower.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,

@@ -14,8 +14,8 @@ from transformers import (
     SiglipTextModel,
 )
 
-from comfyui_lit.models.errors import LitError
-from comfyui_lit.models.lora import LoRALinear, apply_lora, find_lora_targets, lora_state_dict
+from comfyui_lit.models.common.errors import LitError
+from comfyui_lit.models.tuning.lora import LoRALinear, apply_lora, find_lora_targets, lora_state_dict
 
 SMALL = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 50}
 

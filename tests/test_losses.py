@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comfyui_lit.models.errors import LitError
-from comfyui_lit.models.losses import ContrastiveLoss, SigmoidLoss, make_loss
+from comfyui_lit.models.common.errors import LitError
+from comfyui_lit.models.tuning.losses import ContrastiveLoss, SigmoidLoss, make_loss
 
 
 def _emb(n: int, d: int = 16, seed: int = 0) -> torch.Tensor:

@@ -110,7 +110,7 @@ def test_pyproject_has_registry_metadata():
 def test_loader_nodes_run_under_inference_mode(tmp_path, monkeypatch):
     from tiny_models import bert_tokenizer, tiny_bert, tiny_clip_vision
 
-    from comfyui_lit.models.errors import LitError
+    from comfyui_lit.models.common.errors import LitError
     from comfyui_lit.nodes.loaders import (
         EMBEDDED_IMAGE,
         EMBEDDED_TEXT,

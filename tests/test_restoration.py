@@ -9,11 +9,11 @@ import pytest
 import skimage.data as skdata  # a test extra: missing it must fail, not skip
 import torch
 
-from comfyui_lit.models import degradations as D
-from comfyui_lit.models import denoisers as DN
-from comfyui_lit.models.errors import LitError
-from comfyui_lit.models.restoration_sampler import restore, sigma_schedule
-from comfyui_lit.models.tiling import tiled
+from comfyui_lit.models.common.errors import LitError
+from comfyui_lit.models.restoration import degradations as D
+from comfyui_lit.models.restoration import denoisers as DN
+from comfyui_lit.models.restoration.sampler import restore, sigma_schedule
+from comfyui_lit.models.restoration.tiling import tiled
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

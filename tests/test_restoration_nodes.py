@@ -7,7 +7,7 @@ import pytest
 import skimage.data as skdata  # a test extra: missing it must fail, not skip
 import torch
 
-from comfyui_lit.models.errors import LitError
+from comfyui_lit.models.common.errors import LitError
 from comfyui_lit.nodes.restoration import (
     DAMAGE,
     NODE_CLASS_MAPPINGS,

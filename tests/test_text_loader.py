@@ -18,8 +18,8 @@ from tiny_models import (
     write_clip_bpe,
 )
 
-from comfyui_lit.models.errors import LitError
-from comfyui_lit.models.text_tower import load_text_tower
+from comfyui_lit.models.common.errors import LitError
+from comfyui_lit.models.towers.text_tower import load_text_tower
 
 TEXTS = ["a photo of a cat", "red square on the blue", "dog"]
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comfyui_lit.models import demo_data, zero_shot
-from comfyui_lit.models.errors import LitError
-from comfyui_lit.models.lit_model import LitModel
-from comfyui_lit.models.text_tower import load_text_tower
+from comfyui_lit.models.common.errors import LitError
+from comfyui_lit.models.retrieval import zero_shot
+from comfyui_lit.models.towers.text_tower import load_text_tower
+from comfyui_lit.models.tuning import demo_data
+from comfyui_lit.models.tuning.lit_model import LitModel
 
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0)}
 

@@ -27,7 +27,7 @@ from transformers import (
     ViTModel,
 )
 
-from comfyui_lit.models.text_tower import _from_vocab_files
+from comfyui_lit.models.towers.text_tower import _from_vocab_files
 
 WORDS = ["a", "photo", "of", "cat", "dog", "red", "blue", "green", "circle", "square", "bright", "dark", "the", "on"]
 HIDDEN, HEADS = 128, 2  # 64-wide heads, as the loader assumes for widths it doesn't know

@@ -1,0 +1,38 @@
+"""Command line: the same engine as the nodes, for servers and scripts.
+
+    python -m comfyui_lit demo                       # the main job on the embedded towers
+    python -m comfyui_lit train DATA --out a.safetensors [--text-encoder P] [--image-encoder P] [--mode lora]
+    python -m comfyui_lit train --shards 'data/shard-{000..099}.tar' --out a.safetensors   # WebDataset tars
+    torchrun --nproc_per_node=8 -m comfyui_lit train DATA --out a.safetensors \
+        --checkpoint-dir ckpt --checkpoint-every 500 --resume                            # scale-out, resumable
+    python -m comfyui_lit classify IMAGES... --adapter a.safetensors --labels "cat,dog"
+    python -m comfyui_lit score IMAGES... --adapter a.safetensors --prompts "a cat;a dog"
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..models.common.errors import LitError
+from . import tuning, zero_shot
+
+# One module per feature; each adds its subcommands.
+COMMANDS = [tuning, zero_shot]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comfyui_lit", description="Locked-image Tuning (LiT) from the command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

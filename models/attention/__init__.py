@@ -1,0 +1,1 @@
+"""Attention: the Triton fused kernel, the SDPA fallback, and the choice between them."""

@@ -1,0 +1,227 @@
+"""One attention entry point for the whole pack: our Triton kernel on CUDA, PyTorch SDPA everywhere else.
+
+Conventions (identical on both paths):
+
+- ``q``: ``[B, H, N_q, d]`` (``layout="bhnd"``) or ``[B, N_q, H, d]`` (``layout="bnhd"``, what transformers
+  and ComfyUI hold before their transposes); ``k``/``v`` the same with ``N_k`` tokens. The output has ``q``'s
+  layout, shape and dtype.
+- ``causal``: top-left aligned, query ``i`` sees keys ``j <= i`` (SDPA's ``is_causal`` convention, also for
+  ``N_q != N_k``).
+- ``key_padding_mask``: bool ``[B, N_k]``, **True = keep** (a transformers ``attention_mask`` as bool).
+- ``attn_bias``: additive float tensor broadcastable to ``[B, H, N_q, N_k]``; ``-inf`` drops a pair. A bool
+  tensor is accepted too and means keep/drop (SDPA's ``attn_mask`` convention, True = keep). A float bias gets
+  a gradient on both paths.
+- ``scale``: softmax scale, default ``1/sqrt(d)``.
+- A query row whose keys are all masked outputs zeros (as SDPA does).
+
+Which path runs: ``backend`` argument, else ``$COMFYUI_LIT_ATTENTION`` (``triton`` | ``torch`` | ``auto``,
+default ``auto``). ``auto`` uses the kernel for fp16/bf16 CUDA tensors it supports when Triton is installed,
+SDPA otherwise (fp32 included: the kernel's exact-fp32 path is for correctness, not speed). ``triton`` forces
+the kernel (on the CPU it needs ``TRITON_INTERPRET=1``) and raises a :class:`LitError` saying why when it cannot
+run; ``torch`` always uses SDPA.
+
+The transformers side: :func:`register_transformers_attention` registers the kernel as attention
+implementation ``"lit_triton"``; :func:`preferred_attn_implementation` is what tower loaders pass as
+``attn_implementation=``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..common.errors import LitError
+from . import triton_kernel as ta
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "COMFYUI_LIT_ATTENTION"
+BACKENDS = ("auto", "triton", "torch")
+HF_NAME = "lit_triton"
+# (device, dtype, head dim) combinations whose kernel launch failed under "auto": SDPA serves them from then on
+_FAILED: set[tuple[str, torch.dtype, int]] = set()
+
+
+def requested_backend(backend: str | None = None) -> str:
+    """The backend asked for: the argument, else the environment variable, else ``auto``."""
+    choice = backend if backend is not None else os.environ.get(ENV_VAR, "auto")
+    choice = (choice or "auto").strip().lower()
+    if choice not in BACKENDS:
+        source = "backend" if backend is not None else ENV_VAR
+        raise LitError(f"unknown attention backend '{choice}'.", input_name=source,
+                       fix=f"use one of {', '.join(BACKENDS)}.")
+    return choice
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
+           attn_bias: torch.Tensor | None) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise LitError(f"{name} must be 4-D, got shape {tuple(t.shape)}.", input_name=name,
+                           fix="pass [B, H, N, d] (layout='bhnd') or [B, N, H, d] (layout='bnhd').")
+    if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[-1] != k.shape[-1]:
+        raise LitError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch, heads or head dim.",
+                       input_name="k", fix="give q and k the same batch size, head count and head dim.")
+    if k.shape[:3] != v.shape[:3]:
+        raise LitError(f"k {tuple(k.shape)} and v {tuple(v.shape)} disagree on batch, heads or length.",
+                       input_name="v", fix="k and v must come from the same tokens.")
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        raise LitError(f"q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype}).", input_name="k",
+                       fix="cast q, k and v to one dtype.")
+    bsz, n_q, n_k = q.shape[0], q.shape[2], k.shape[2]
+    if key_padding_mask is not None and (key_padding_mask.dim() != 2 or key_padding_mask.shape[1] != n_k
+                                         or key_padding_mask.shape[0] not in (1, bsz)):
+        raise LitError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}, expected [{bsz}, {n_k}].",
+                       input_name="key_padding_mask", fix="pass a bool [batch, key_length] mask, True = keep.")
+    if attn_bias is not None:
+        full = (bsz, q.shape[1], n_q, n_k)
+        try:
+            ok = attn_bias.dim() <= 4 and tuple(torch.broadcast_shapes(attn_bias.shape, full)) == full
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise LitError(f"attn_bias of shape {tuple(attn_bias.shape)} does not broadcast to {list(full)}.",
+                           input_name="attn_bias",
+                           fix="pass an additive bias broadcastable to [batch, heads, query_len, key_len].")
+
+
+def _bool_to_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, key_padding_mask: torch.Tensor | None,
+          attn_bias: torch.Tensor | None, scale: float | None) -> torch.Tensor:
+    """PyTorch SDPA with our mask conventions folded into one ``attn_mask`` ([B, H, N, d] views in and out)."""
+    n_q, n_k = q.shape[2], k.shape[2]
+    keep: torch.Tensor | None = None
+    if key_padding_mask is not None:
+        keep = key_padding_mask.to(torch.bool)[:, None, None, :]
+    if attn_bias is not None and attn_bias.dtype == torch.bool:
+        keep = attn_bias if keep is None else keep & attn_bias
+        attn_bias = None
+    if causal and (keep is not None or attn_bias is not None):
+        tri = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril()
+        keep = tri if keep is None else keep & tri
+        causal = False
+    mask: torch.Tensor | None = keep
+    if attn_bias is not None:
+        mask = attn_bias.to(q.dtype)
+        if keep is not None:
+            mask = mask.masked_fill(~keep, float("-inf"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
+
+
+def _auto_uses_kernel(q: torch.Tensor) -> bool:
+    # the interpreter also runs CPU tensors, but is a test tool: "auto" only picks the kernel on CUDA. fp32 goes
+    # to SDPA: our fp32 path keeps exact fp32 dot products (no tensor cores) and only fits small tiles
+    # (bench/attention_compile.py), so it is there for correctness, not speed
+    return q.is_cuda and q.dtype != torch.float32
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: str = "bhnd", causal: bool = False,
+              key_padding_mask: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
+              scale: float | None = None, backend: str | None = None) -> torch.Tensor:
+    """Scaled-dot-product attention with the conventions in the module docstring; differentiable on both paths."""
+    if layout not in ("bhnd", "bnhd"):
+        raise LitError(f"unknown layout '{layout}'.", input_name="layout", fix="use 'bhnd' or 'bnhd'.")
+    if layout == "bnhd":  # views only: both paths address memory through strides
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    _check(q, k, v, key_padding_mask, attn_bias)
+    choice = requested_backend(backend)
+    use_kernel = False
+    if choice != "torch":
+        reason = ta.supports(q, k, v)
+        if choice == "triton" and reason is not None:
+            raise LitError(f"the Triton attention kernel cannot run here: {reason}.", input_name="backend",
+                           fix=f"use backend='auto' (or unset {ENV_VAR}) to fall back to PyTorch SDPA.")
+        use_kernel = reason is None and (choice == "triton" or _auto_uses_kernel(q))
+    key = (str(q.device), q.dtype, q.shape[-1])
+    out = None
+    if use_kernel and (choice == "triton" or key not in _FAILED):
+        bias = attn_bias
+        if bias is not None and bias.dtype == torch.bool:
+            bias = _bool_to_bias(bias, torch.float32)
+        try:
+            out = ta.triton_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, attn_bias=bias,
+                                      scale=scale)
+        except Exception as err:  # noqa: BLE001 - e.g. a GPU/driver Triton cannot compile for
+            if choice == "triton":
+                raise
+            _FAILED.add(key)
+            log.warning("LiT Triton attention failed on %s (%s: %s); using PyTorch SDPA for it from now on.",
+                        key, type(err).__name__, err)
+    if out is None:
+        out = _sdpa(q, k, v, causal, key_padding_mask, attn_bias, scale)
+    return out.transpose(1, 2) if layout == "bnhd" else out
+
+
+# ---------------------------------------------------------------------------------------------- transformers
+
+
+def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    if n_rep == 1:
+        return x
+    b, h, n, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, n, d).reshape(b, h * n_rep, n, d)
+
+
+def lit_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                          is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers ``AttentionInterface`` function: [B, H, N, d] in, ([B, N, H, d] contiguous, None) out.
+
+    The mask arrives 4-D: boolean (True = keep, from ``sdpa_mask``, which we register for our name) or additive
+    float (models that build their own); a mask that only varies over keys becomes a key-padding mask. Calls the
+    kernel can't serve (attention dropout while training, position biases, soft-capping, ``auto`` on a CPU) go to
+    transformers' own SDPA function, so results never silently change.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    unsupported = (dropout and dropout > 0.0) or kwargs.get("position_bias") is not None \
+        or kwargs.get("softcap") is not None or kwargs.get("cache") is not None or key.shape[-1] != value.shape[-1]
+    if unsupported:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    n_rep = query.shape[1] // key.shape[1]
+    key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
+    n_q, n_k = query.shape[2], key.shape[2]
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+    causal = bool(causal) and attention_mask is None and n_q > 1
+    kpm, bias = None, None
+    if attention_mask is not None:
+        mask = attention_mask[..., :n_k]
+        if mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1 and mask.dtype == torch.bool:
+            kpm = mask[:, 0, 0, :].expand(query.shape[0], n_k)
+        else:
+            bias = mask
+    out = attention(query, key, value, causal=causal, key_padding_mask=kpm, attn_bias=bias, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_transformers_attention() -> str:
+    """Register ``"lit_triton"`` with transformers' attention and mask interfaces (idempotent); return the name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(HF_NAME, lit_attention_forward)
+    # without a mask function transformers would hand an unknown implementation *no* mask (padding ignored):
+    # ours takes SDPA's boolean 4-D masks
+    AttentionMaskInterface.register(HF_NAME, sdpa_mask)
+    return HF_NAME
+
+
+def preferred_attn_implementation(device: torch.device | str) -> str:
+    """``"lit_triton"`` (registered on the way) on CUDA with Triton, else ``"sdpa"``; the env var can force it."""
+    choice = requested_backend()
+    device = torch.device(device)
+    if choice == "torch":
+        return "sdpa"
+    if choice == "triton" or (device.type == "cuda" and ta.TRITON_AVAILABLE):
+        if not ta.TRITON_AVAILABLE:
+            return "sdpa"
+        return register_transformers_attention()
+    return "sdpa"

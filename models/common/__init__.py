@@ -1,0 +1,1 @@
+"""Shared pieces: the pack's error type, safetensors reading and atomic writing, fingerprints."""

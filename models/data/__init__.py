@@ -1,0 +1,1 @@
+"""Captioned image datasets (folders, JSONL/CSV manifests, WebDataset shards) and the image-embedding cache."""

@@ -1,0 +1,168 @@
+"""WebDataset-style tar shards (``key.jpg`` + ``key.txt`` per sample) as a captioned dataset.
+
+Shards are read sequentially (one streaming pass, by the ``webdataset`` package when installed, else Python's
+``tarfile`` in stream mode) to index the samples: key, captions and the SHA-256 of the image bytes, which is the
+embedding-cache key. No image is kept in memory; the embedding cache decodes a cache miss by seeking to its tar
+member (plain tar: the offset is known; the index of a shard is read once per process).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from ..common.errors import LitError
+from .dataset import CaptionedDataset, Sample, read_image
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp")
+CAPTION_KEYS = ("txt", "caption", "json")
+
+
+def expand_shards(specs: str | list[str]) -> list[str]:
+    """Shard paths from brace patterns (``data-{000..099}.tar``, WebDataset's syntax), globs and lists."""
+    try:
+        from braceexpand import braceexpand  # webdataset's own dependency
+    except ImportError:
+        def braceexpand(pattern: str) -> list[str]:
+            if "{" in pattern:
+                raise LitError(f"'{pattern}' needs brace expansion.", input_name="shards",
+                               fix="pip install webdataset (it brings braceexpand), or use a glob like 'data/*.tar'.")
+            return [pattern]
+
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    out: list[str] = []
+    for spec in specs:
+        for s in (p.strip() for part in spec.split("::") for p in braceexpand(part)):
+            matches = sorted(glob.glob(s)) if any(c in s for c in "*?[") else [s]
+            out += matches
+    missing = [s for s in out if not os.path.isfile(s)]
+    if not out or missing:
+        raise LitError(f"tar shard(s) not found: {', '.join(missing[:5]) or specs}.", input_name="shards",
+                       fix="give existing .tar files, e.g. 'data/shard-{000..009}.tar' or 'data/*.tar'.")
+    return out
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    # WebDataset convention: the key is everything up to the first dot of the basename.
+    folder, base = os.path.split(name)
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def _iter_tarfile(url: str) -> Iterator[dict]:
+    current: dict | None = None
+    with tarfile.open(url, mode="r|*") as tar:  # stream mode: strictly sequential, works on pipes
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, ext = _split_name(member.name)
+            if current is not None and current["__key__"] != key:
+                yield current
+                current = None
+            if current is None:
+                current = {"__key__": key, "__url__": url}
+            current[ext] = tar.extractfile(member).read()
+    if current is not None:
+        yield current
+
+
+def iter_samples(urls: list[str], *, use_webdataset: bool = True) -> Iterator[dict]:
+    """Raw samples ``{"__key__", "__url__", "<ext>": bytes, ...}`` of ``urls`` in order, read sequentially."""
+    try:
+        import webdataset as wds
+    except ImportError:
+        wds = None
+    if use_webdataset and wds is not None:
+        # Every rank indexes all shards (the index is small); the trainer shards the work itself, so webdataset's
+        # node splitter, which refuses multi-rank runs by default, is replaced by the identity.
+        yield from wds.WebDataset(urls, shardshuffle=False, nodesplitter=lambda src: src, empty_check=False)
+        return
+    for url in urls:
+        yield from _iter_tarfile(url)
+
+
+def _captions(sample: dict) -> list[str]:
+    for k in CAPTION_KEYS:
+        if k in sample:
+            raw = sample[k]
+            text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+            if k == "json":
+                try:
+                    obj = json.loads(text)
+                except json.JSONDecodeError:
+                    return []
+                val = obj.get("caption", obj.get("text", "")) if isinstance(obj, dict) else ""
+                caps = val if isinstance(val, list) else str(val).splitlines()
+                return [str(c).strip() for c in caps if str(c).strip()]
+            return [line.strip() for line in text.splitlines() if line.strip()]
+    return []
+
+
+@dataclass
+class ShardDataset(CaptionedDataset):
+    """A :class:`CaptionedDataset` whose images live in tar shards: ``members[i] = (shard, member name)``."""
+
+    members: list[tuple[str, str]] = field(default_factory=list)
+    _tars: dict[str, tarfile.TarFile] = field(default_factory=dict, repr=False)
+
+    def load_image(self, i: int) -> torch.Tensor:
+        url, name = self.members[i]
+        try:
+            tar = self._tars.get(url)
+            if tar is None:
+                tar = self._tars[url] = tarfile.open(url, mode="r:*")
+            data = tar.extractfile(name).read()
+        except (OSError, KeyError, tarfile.TarError, AttributeError) as err:
+            raise LitError(f"could not read '{name}' from '{url}': {err}", input_name="shards",
+                           fix="check that the shard is a complete tar file.") from None
+        try:
+            return read_image(io.BytesIO(data))
+        except LitError:
+            raise LitError(f"could not read image '{name}' in '{url}'.", input_name="shards",
+                           fix="remove or replace the damaged sample.") from None
+
+    def subset(self, indices: list[int]) -> ShardDataset:
+        base = super().subset(indices)
+        out = ShardDataset(base.samples, root=self.root, source=self.source, skipped=base.skipped,
+                           members=[self.members[i] for i in indices])
+        out._hashes = base._hashes
+        out._tars = self._tars
+        return out
+
+
+def load_shards(specs: str | list[str], *, use_webdataset: bool = True) -> ShardDataset:
+    """Index tar shards into a dataset (one sequential pass). Samples without an image or a caption are skipped
+    and listed in the report; several images in one sample: the first image extension of ``IMAGE_KEYS`` wins."""
+    urls = expand_shards(specs)
+    samples: list[Sample] = []
+    members: list[tuple[str, str]] = []
+    hashes: dict[int, str] = {}
+    skipped: list[tuple[str, str]] = []
+    for raw in iter_samples(urls, use_webdataset=use_webdataset):
+        key, url = raw["__key__"], raw["__url__"]
+        ext = next((k for k in IMAGE_KEYS if k in raw), None)
+        caps = _captions(raw)
+        if ext is None:
+            skipped.append((f"{os.path.basename(url)}:{key}", "no image"))
+            continue
+        if not caps:
+            skipped.append((f"{os.path.basename(url)}:{key}", "no caption"))
+            continue
+        hashes[len(samples)] = hashlib.sha256(raw[ext]).hexdigest()  # same key as the file's bytes on disk
+        samples.append(Sample(key=f"{os.path.basename(url)}:{key}", captions=caps))
+        members.append((url, f"{key}.{ext}"))
+    root = os.path.dirname(os.path.abspath(urls[0]))
+    ds = ShardDataset(samples, root=root, source="tar shards", skipped=skipped, members=members)
+    ds._hashes = hashes
+    if not samples:
+        raise LitError(f"the {len(urls)} tar shard(s) hold no captioned image.\n{ds.report()}", input_name="shards",
+                       fix="each sample needs an image (key.jpg/png/...) and a caption (key.txt) with the same key.")
+    return ds

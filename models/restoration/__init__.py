@@ -1,0 +1,1 @@
+"""Plug-and-play restoration: degradation operators with their data steps, denoiser priors, the HQS sampler."""

