@@ -12,9 +12,7 @@ import os
 import sys
 
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torchvision_cpu import import_torchvision_on_cpu_torch  # noqa: E402
+from torchvision_cpu import import_torchvision_on_cpu_torch  # tests/ is on sys.path (pyproject: pythonpath)
 
 # The Triton interpreter must be chosen before triton is imported anywhere: kernels are tested on the CPU.
 if not torch.cuda.is_available():

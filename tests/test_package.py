@@ -143,3 +143,22 @@ def test_loader_nodes_run_under_inference_mode(tmp_path, monkeypatch):
             LiTTextEncoderLoader().load("missing.safetensors", "auto", "cpu")
     message = str(err.value)
     assert "[LiT Load Text Encoder]" in message and "text_encoder" in message and "Fix:" in message
+
+
+def test_suite_runs_from_a_clone_named_like_the_readme_says(tmp_path):
+    """Cloned as ``ComfyUI-LiT`` (not a Python identifier) the tests must still collect and pass."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    clone = tmp_path / "ComfyUI-LiT"
+    for rel in files:
+        if os.path.exists(os.path.join(root, rel)):
+            (clone / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(os.path.join(root, rel), clone / rel)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_losses.py"],
+                         cwd=clone, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout
