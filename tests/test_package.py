@@ -152,7 +152,8 @@ def test_suite_runs_from_a_clone_named_like_the_readme_says(tmp_path):
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
+    files = subprocess.run(listing, cwd=root, capture_output=True, text=True, check=True).stdout.split()
     clone = tmp_path / "ComfyUI-LiT"
     for rel in files:
         if os.path.exists(os.path.join(root, rel)):
