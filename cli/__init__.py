@@ -14,8 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..models.common.errors import LitError
-from . import tuning, zero_shot
+from .environment import repair_torchvision_import
+
+repair_torchvision_import()  # before transformers is imported anywhere
+
+from ..models.common.errors import LitError  # noqa: E402
+from . import tuning, zero_shot  # noqa: E402
 
 # One module per feature; each adds its subcommands.
 COMMANDS = [tuning, zero_shot]
