@@ -15,10 +15,10 @@ import argparse
 import sys
 
 from ..models.common.errors import LitError
-from . import tuning, zero_shot
+from . import attention, tuning, zero_shot
 
 # One module per feature; each adds its subcommands.
-COMMANDS = [tuning, zero_shot]
+COMMANDS = [tuning, zero_shot, attention]
 
 
 def build_parser() -> argparse.ArgumentParser:

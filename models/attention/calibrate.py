@@ -188,6 +188,17 @@ def cuda_event_timer(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, 
     return {name: [s.elapsed_time(e) for s, e in pairs] for name, pairs in events.items()}
 
 
+def wall_clock_timer(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
+    """Milliseconds by the wall clock: for CPU dry runs under the interpreter (meaningless as speed)."""
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            out[name].append((time.perf_counter() - start) * 1e3)
+    return out
+
+
 def _median(xs: list[float]) -> float:
     xs = sorted(xs)
     if not xs:
@@ -486,3 +497,54 @@ def calibrator(path: str | None = None) -> Calibrator:
         if found is None:
             found = _CALIBRATORS[path] = Calibrator(path)
         return found
+
+
+# ------------------------------------------------------------------------------------------------ the full table
+
+# label, batch, heads, tokens (queries = keys), head dim, mask kind. What the pack's towers and ComfyUI's models
+# run: the calibration CLI measures each in every dtype and mode; ``auto`` measures the same classes lazily.
+TABLE = [
+    ("minilm text 64", 64, 12, 64, 32, "padding"),
+    ("clip text 77 (transformers)", 64, 12, 77, 64, "causal"),
+    ("clip text 77 (ComfyUI additive mask)", 64, 12, 77, 64, "bias"),
+    ("vit-b/16 197", 32, 12, 197, 64, "none"),
+    ("clip-L/14 257", 32, 16, 257, 64, "none"),
+    ("vit-H/14 257 (d80)", 32, 16, 257, 80, "none"),
+    ("clip-L/14@336 577", 16, 16, 577, 64, "none"),
+    ("siglip so400m 729 (d72)", 16, 16, 729, 72, "none"),
+    ("dinov2-L 1025", 8, 16, 1025, 64, "none"),
+    ("bert 128 (d96)", 32, 8, 128, 96, "padding"),
+    ("unet 4096 (d64)", 2, 10, 4096, 64, "none"),
+    ("dit 4096 (d128)", 2, 24, 4096, 128, "none"),
+]
+
+
+def table_inputs(b: int, h: int, n: int, d: int, mask: str, *, device: torch.device, dtype: torch.dtype,
+                 seed: int = 0) -> dict[str, Any]:
+    """Random ``[B, H, N, d]`` inputs and masks of a table row, as ``attention``'s keyword arguments."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    q, k, v = (torch.randn(b, h, n, d, generator=gen, device=device, dtype=dtype) for _ in range(3))
+    kpm = bias = None
+    if "padding" in mask:
+        lengths = torch.randint(n // 2, n + 1, (b,), generator=gen, device=device)
+        kpm = torch.arange(n, device=device)[None, :] < lengths[:, None]
+    if "bias" in mask:  # ComfyUI's CLIP: a causal additive mask with the dtype's most negative value
+        bias = torch.full((n, n), torch.finfo(dtype).min, device=device, dtype=dtype).triu_(1)[None, None]
+    return {"q": q, "k": k, "v": v, "causal": "causal" in mask, "key_padding_mask": kpm, "attn_bias": bias}
+
+
+def format_rows(rows: list[tuple[str, Decision]]) -> list[str]:
+    """The calibration table as Markdown lines (bench/README.md documents the columns)."""
+    lines = ["| class | kernel ms | sdpa ms | auto runs | ratio vs sdpa | max err (allowed) | status |",
+             "|---|---|---|---|---|---|---|"]
+
+    def ms(x: float | None) -> str:
+        return f"{x:.3f}" if x is not None and math.isfinite(x) else "-"
+
+    for key, d in rows:
+        ratio = d.ratio
+        err = f"{d.max_err:.1e} ({d.allowed_err:.0e})" if d.max_err is not None and d.allowed_err else "-"
+        status = d.status + (f": {d.detail}" if d.detail and d.status in ("wrong", "error", "unmeasured") else "")
+        lines.append(f"| {key} | {ms(d.kernel_ms)} | {ms(d.sdpa_ms)} | {'kernel' if d.use_kernel else 'sdpa'} | "
+                     f"{f'{ratio:.2f}x' if ratio else '-'} | {err} | {status} |")
+    return lines

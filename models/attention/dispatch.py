@@ -145,6 +145,26 @@ def _wants_backward(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def calibrated_decision(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                        key_padding_mask: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
+                        scale: float | None = None, backward: bool | None = None,
+                        calibrator: cal.Calibrator | None = None) -> tuple[cal.ShapeClass, cal.Decision]:
+    """The shape class of a call on ``[B, H, N, d]`` views and ``auto``'s decision for it (measured if new)."""
+    if backward is None:
+        backward = _wants_backward(q, k, v, attn_bias)
+    shape = cal.shape_class(q, k, causal=causal, key_padding_mask=key_padding_mask, attn_bias=attn_bias,
+                            backward=backward)
+    calibrator = calibrator or _calibrator()
+
+    def measure() -> cal.Measurement:
+        return cal.measure(
+            q, k, v, attn_bias, backward=backward, timer=calibrator.timer, reps=calibrator.reps,
+            run_kernel=lambda q_, k_, v_, b_: _run_kernel(q_, k_, v_, causal, key_padding_mask, b_, scale),
+            run_sdpa=lambda q_, k_, v_, b_: _sdpa(q_, k_, v_, causal, key_padding_mask, b_, scale))
+
+    return shape, calibrator.decide(shape, measure)
+
+
 def _plan(q, k, v, causal, key_padding_mask, attn_bias, scale, choice: str) -> tuple[bool, cal.ShapeClass | None]:
     """Whether the kernel serves this call, and the shape class ``auto`` decided it for (None when forced)."""
     if choice == "torch":
@@ -157,18 +177,9 @@ def _plan(q, k, v, causal, key_padding_mask, attn_bias, scale, choice: str) -> t
         return True, None
     if reason is not None or not _auto_calibrates(q) or _tracing():
         return False, None
-    backward = _wants_backward(q, k, v, attn_bias)
-    shape = cal.shape_class(q, k, causal=causal, key_padding_mask=key_padding_mask, attn_bias=attn_bias,
-                            backward=backward)
-    calibrator = _calibrator()
-
-    def measure() -> cal.Measurement:
-        return cal.measure(
-            q, k, v, attn_bias, backward=backward, timer=calibrator.timer, reps=calibrator.reps,
-            run_kernel=lambda q_, k_, v_, b_: _run_kernel(q_, k_, v_, causal, key_padding_mask, b_, scale),
-            run_sdpa=lambda q_, k_, v_, b_: _sdpa(q_, k_, v_, causal, key_padding_mask, b_, scale))
-
-    return calibrator.decide(shape, measure).use_kernel, shape
+    shape, decision = calibrated_decision(q, k, v, causal=causal, key_padding_mask=key_padding_mask,
+                                          attn_bias=attn_bias, scale=scale)
+    return decision.use_kernel, shape
 
 
 def kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
