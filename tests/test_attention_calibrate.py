@@ -462,3 +462,49 @@ def test_real_measurement_on_the_interpreter():
     assert got.kernel_ms > 0 and got.sdpa_ms > 0
     assert got.max_err < 1e-4 <= got.allowed_err
     assert q.grad is None  # the caller's tensors are untouched
+
+
+def test_cuda_event_timer_interleaves_and_reports_per_function(monkeypatch):
+    """The GPU timer's bookkeeping, with CUDA events stood in by a clock (no GPU here)."""
+    clock = iter(range(1000))
+    order = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.t = None
+
+        def record(self):
+            self.t = next(clock)
+
+        def elapsed_time(self, end):
+            return float(end.t - self.t)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    fns = {"triton": lambda: order.append("t"), "sdpa": lambda: order.append("s")}
+    times = cal.cuda_event_timer(fns, 3)
+    assert order == ["t", "s"] + ["t", "s"] * 3  # one warm call each, then interleaved
+    assert times == {"triton": [1.0] * 3, "sdpa": [1.0] * 3}
+
+
+def test_device_label_names_gpu_and_architecture(monkeypatch):
+    from types import SimpleNamespace
+
+    cal._cuda_label.cache_clear()
+    asked = []
+
+    def props(index):
+        asked.append(index)
+        return SimpleNamespace(name="NVIDIA L4", major=8, minor=9, gcnArchName="gfx942")
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", props)
+    monkeypatch.setattr(torch.version, "hip", None)
+    try:
+        assert cal.device_label(torch.device("cuda", 1)) == "NVIDIA L4 (sm_89)"
+        assert cal.device_label(torch.device("cuda", 1)) == "NVIDIA L4 (sm_89)" and asked == [1]  # cached
+        cal._cuda_label.cache_clear()
+        monkeypatch.setattr(torch.version, "hip", "6.2")
+        assert cal.device_label(torch.device("cuda", 0)) == "NVIDIA L4 (gfx942)"
+    finally:
+        cal._cuda_label.cache_clear()

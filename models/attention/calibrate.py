@@ -24,6 +24,7 @@ own bookkeeping with a lock, and a class being measured by one thread is served 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -91,7 +92,13 @@ def device_label(device: torch.device) -> str:
     """``"NVIDIA H200 (sm_90)"``; AMD: the gfx architecture. CPU devices are labelled but never calibrated."""
     if device.type != "cuda":
         return device.type
-    props = torch.cuda.get_device_properties(device)
+    return _cuda_label(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _cuda_label(index: int) -> str:
+    # every auto call on a GPU asks: cached per device index, so the lookup costs what a dict lookup does
+    props = torch.cuda.get_device_properties(index)
     arch = getattr(props, "gcnArchName", None) if torch.version.hip else None
     return f"{props.name} ({arch or f'sm_{props.major}{props.minor}'})"
 
@@ -354,12 +361,15 @@ class Calibrator:
         self._loaded = path is None
         self._writable = path is not None
         self._said: set[str] = set()
+        self._said_lock = threading.Lock()  # _say_once runs with and without _lock held
 
     # -- disk
     def _say_once(self, what: str, level: int, message: str, *args: Any) -> None:
-        if what not in self._said:
+        with self._said_lock:
+            if what in self._said:
+                return
             self._said.add(what)
-            log.log(level, message, *args)
+        log.log(level, message, *args)
 
     def _read(self) -> dict[str, Decision]:
         """The file's valid decisions for our versions; {} when absent, stale or corrupted (then said once)."""
