@@ -508,3 +508,39 @@ def test_device_label_names_gpu_and_architecture(monkeypatch):
         assert cal.device_label(torch.device("cuda", 0)) == "NVIDIA L4 (gfx942)"
     finally:
         cal._cuda_label.cache_clear()
+
+
+def test_nothing_is_measured_while_torch_compile_traces(gpu_like, monkeypatch):
+    runs = []
+    c = gpu_like(1.0, 2.0, runs)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    q, k, v = qkv()
+    assert torch.allclose(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    assert not runs and not c.decisions()
+
+
+@needs_triton
+def test_transformers_towers_go_through_the_calibration(gpu_like, monkeypatch):
+    import copy
+
+    from transformers import BertConfig, BertModel
+
+    c = gpu_like(1.0, 2.0)
+    name = attn_mod.register_transformers_attention()
+    cfg = BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=16)
+    torch.manual_seed(0)
+    ref = BertModel._from_config(copy.deepcopy(cfg), attn_implementation="sdpa").eval()
+    ours = BertModel._from_config(copy.deepcopy(cfg), attn_implementation=name).eval()
+    ours.load_state_dict(ref.state_dict())
+    calls = _spy(monkeypatch)
+    ids = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    with torch.inference_mode():
+        a = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = ours(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert calls and (a - b)[mask.bool()].abs().max() < 1e-4
+    (key,) = c.decisions()
+    # transformers hands the padded batch over as a [B, 1, N, N] boolean mask: a "bias" class, inference: "fwd"
+    assert key.endswith("|fp32|d32|q16|k16|bias|fwd")
