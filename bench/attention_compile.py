@@ -188,7 +188,7 @@ CASES = {
     "bert": ("bf16 d96 N128 padding (BERT-style)", {"d": 96, "n_q": 128, "n_k": 128, "kpm": True}),
     "minilm": ("bf16 d32 N64 padding (MiniLM)", {"d": 32, "n_q": 64, "n_k": 64, "kpm": True}),
     "fp16": ("fp16 d64 N257", {"dtype": "float16"}),
-    "fp32": ("fp32 d64 N257 (exact dots; auto uses SDPA)", {"dtype": "float32"}),
+    "fp32": ("fp32 d64 N257 (exact dots, no tensor cores)", {"dtype": "float32"}),
 }
 KERNELS = {"_fwd_kernel": "fwd", "_bwd_dkdv_kernel": "dkdv", "_bwd_dq_kernel": "dq"}
 

@@ -19,10 +19,10 @@ from .environment import repair_torchvision_import
 repair_torchvision_import()  # before transformers is imported anywhere
 
 from ..models.common.errors import LitError  # noqa: E402
-from . import tuning, zero_shot  # noqa: E402
+from . import attention, tuning, zero_shot  # noqa: E402
 
 # One module per feature; each adds its subcommands.
-COMMANDS = [tuning, zero_shot]
+COMMANDS = [tuning, zero_shot, attention]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,12 +5,18 @@ set, is called instead as ``override(original_func, q, k, v, heads, mask=None, a
 skip_reshape=False, skip_output_reshape=False, **kwargs)``. q/k/v arrive ``[B, N, heads*d]`` (``[B, heads, N, d]``
 with ``skip_reshape``), the result leaves ``[B, N, heads*d]`` (``[B, heads, N, d]`` with
 ``skip_output_reshape``). Shapes, dtypes or devices the kernel does not take go to ``original_func`` for that
-call, so patching never breaks a model. The same kernel is also registered in ComfyUI's attention registry as
-``"lit_triton"`` when the host has one.
+call, so patching never breaks a model; under ``auto`` the per-GPU calibration (``models/attention/calibrate.py``)
+decides per shape class whether the kernel or ComfyUI's attention serves it. The same kernel is also registered
+in ComfyUI's attention registry as ``"lit_triton"`` when the host has one.
+
+Core's CLIP text and vision encoders call their attention without ``transformer_options``, so the hook never
+sees them; connected to the node, they are routed by object patches on their own patchers (``nodes/host.py``,
+section "attention"), which ComfyUI applies while that clone is loaded and removes afterwards.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -19,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from ..models.attention import triton_kernel as ta
-from ..models.attention.dispatch import attention, requested_backend
+from ..models.attention.dispatch import kernel_attention, requested_backend
 from ..models.common.errors import LitError
-from .host import CATEGORY, with_node_errors
+from .host import CATEGORY, clone_encoder, register_attention_function, route_encoder_attention, with_node_errors
 
 log = logging.getLogger(__name__)
 REGISTRY_NAME = "lit_triton"
@@ -64,11 +70,8 @@ def _kernel_call(q, k, v, heads, mask, skip_reshape, skip_output_reshape) -> tor
         return None
     qh, kh, vh, layout = _split_heads(q, k, v, heads, skip_reshape)
     views = (qh, kh, vh) if layout == "bhnd" else (qh.transpose(1, 2), kh.transpose(1, 2), vh.transpose(1, 2))
-    reason = ta.supports(*views)
-    if reason is not None:
+    if ta.supports(*views) is not None:
         return None
-    if not q.is_cuda and requested_backend() != "triton":
-        return None  # the interpreter is a test tool: only used on the CPU when forced
     b, h, n_q, d = views[0].shape
     try:
         bias = _mask_as_bias(mask, (b, h, n_q, views[1].shape[2]))
@@ -76,9 +79,10 @@ def _kernel_call(q, k, v, heads, mask, skip_reshape, skip_output_reshape) -> tor
         return None
     if bias is not None and not (bias.dtype == torch.bool or bias.is_floating_point()):
         return None
-    out = attention(qh, kh, vh, layout=layout, attn_bias=bias, backend="triton")
-    if layout == "bnhd":  # out: [B, N, H, d]
-        return out.transpose(1, 2) if skip_output_reshape else out.reshape(b, n_q, h * d)
+    # auto: the calibration decides (CPU: never); forced triton: the kernel
+    out = kernel_attention(*views, attn_bias=bias)
+    if out is None:
+        return None
     return out if skip_output_reshape else out.transpose(1, 2).reshape(b, n_q, h * d)
 
 
@@ -121,33 +125,38 @@ def lit_triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head
 
 def register_comfy_attention() -> bool:
     """Add ``lit_triton`` to ComfyUI's attention registry (once); False without a host that has one."""
-    try:  # pragma: no cover - only inside ComfyUI
-        import comfy.ldm.modules.attention as comfy_attention  # type: ignore[import-not-found]
-    except Exception:  # noqa: BLE001 - no host, or a host without the module
-        return False
-    registry = getattr(comfy_attention, "REGISTERED_ATTENTION_FUNCTIONS", None)  # pragma: no cover
-    register = getattr(comfy_attention, "register_attention_function", None)  # pragma: no cover
-    if register is None:  # pragma: no cover
-        return False
-    if registry is None or REGISTRY_NAME not in registry:  # pragma: no cover
-        register(REGISTRY_NAME, lit_triton_attention)
-    return True  # pragma: no cover
+    return register_attention_function(REGISTRY_NAME, lit_triton_attention)
+
+
+def route_through_lit(original_func: Callable) -> Callable:
+    """Core's attention function ``original_func`` with our kernel in front (what routed encoder layers get)."""
+    if getattr(original_func, "lit_routed", False):
+        return original_func
+    routed = functools.partial(lit_attention_override, original_func)
+    routed.lit_routed = True  # type: ignore[attr-defined]
+    return routed
 
 
 class LiTPatchModelAttention:
-    """Clone a diffusion MODEL with its attention routed through the LiT Triton kernel."""
+    """Clone a diffusion MODEL (and optionally a CLIP / CLIP_VISION) with attention routed through the LiT kernel."""
 
     DISPLAY_NAME = "LiT Triton Attention (patch model)"
     CATEGORY = CATEGORY
     FUNCTION = "patch"
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("A copy of the model whose attention runs on the LiT Triton kernel where it can "
-                       "(CUDA, fp16/bf16/fp32, head dim <= 128) and on ComfyUI's own attention elsewhere.",)
+    RETURN_TYPES = ("MODEL", "CLIP", "CLIP_VISION")
+    RETURN_NAMES = ("model", "clip", "clip_vision")
+    OUTPUT_TOOLTIPS = (
+        "A copy of the model whose attention runs on the LiT Triton kernel where it was measured faster and "
+        "correct on this GPU, and on ComfyUI's own attention elsewhere.",
+        "A copy of the connected CLIP with its text encoders routed the same way (empty when none is connected).",
+        "A copy of the connected CLIP_VISION routed the same way (empty when none is connected).")
     DESCRIPTION = ("Patches a diffusion model to compute attention with LiT's fused Triton kernel "
-                   "(FlashAttention-2 style). Unsupported calls (CPU, head dim > 128, odd masks) use ComfyUI's "
-                   "attention for that call, so the patch never breaks a model. Set COMFYUI_LIT_ATTENTION=torch "
-                   "to disable it globally.")
+                   "(FlashAttention-2 style). On the first call of each shape class the kernel is checked against "
+                   "PyTorch SDPA and timed against it; it serves the class only when it is right and faster "
+                   "(decisions cached on disk; `python -m comfyui_lit attention-calibrate` measures them all at "
+                   "once). Other calls (CPU, head dim > 128, odd masks) use ComfyUI's attention, so the patch "
+                   "never breaks a model. Core's CLIP text and vision encoders bypass the model hook: connect them "
+                   "here to route them too. COMFYUI_LIT_ATTENTION=torch disables it globally, =triton forces it.")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -155,21 +164,31 @@ class LiTPatchModelAttention:
             "required": {
                 "model": ("MODEL", {"tooltip": "The diffusion model to patch (the original is left unchanged)."}),
                 "enabled": ("BOOLEAN", {"default": True,
-                                        "tooltip": "Off returns an unpatched copy, to compare speed or output."}),
-            }
+                                        "tooltip": "Off returns unpatched copies, to compare speed or output."}),
+            },
+            "optional": {
+                "clip": ("CLIP", {"tooltip": "A CLIP (text encoders) to route through the kernel as well."}),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "A CLIP_VISION (CLIP, SigLIP or DINOv2 image encoder) "
+                                                           "to route through the kernel as well."}),
+                "route_encoders": ("BOOLEAN", {
+                    "default": True,
+                    "tooltip": "Route the connected CLIP / CLIP_VISION encoders (ComfyUI's CLIP encoders skip "
+                               "the model's attention hook). The same per-GPU calibration decides each call."}),
+            },
         }
 
     @with_node_errors(DISPLAY_NAME)
-    def patch(self, model: Any, enabled: bool = True) -> tuple[Any]:
+    def patch(self, model: Any, enabled: bool = True, clip: Any = None, clip_vision: Any = None,
+              route_encoders: bool = True) -> tuple[Any, Any, Any]:
         if not hasattr(model, "clone") or not hasattr(model, "model_options"):
             raise LitError("this is not a diffusion MODEL.", input_name="model",
                            fix="connect the MODEL output of a checkpoint or diffusion-model loader.")
         patched = model.clone()
-        if not enabled:
-            return (patched,)
-        if not ta.TRITON_AVAILABLE:
-            _warn_once("no-triton", "LiT Triton attention: triton is not installed; the model is unchanged.")
-            return (patched,)
+        encoders = {"clip": clip, "clip_vision": clip_vision}
+        if not enabled or not ta.TRITON_AVAILABLE:
+            if enabled:
+                _warn_once("no-triton", "LiT Triton attention: triton is not installed; the model is unchanged.")
+            return (patched, *(None if e is None else _plain_clone(e, name) for name, e in encoders.items()))
         options = dict(patched.model_options)
         transformer_options = dict(options.get("transformer_options", {}))
         previous = transformer_options.get("optimized_attention_override")
@@ -184,7 +203,27 @@ class LiTPatchModelAttention:
         transformer_options["optimized_attention_override"] = override
         options["transformer_options"] = transformer_options
         patched.model_options = options
-        return (patched,)
+        routed = []
+        for name, encoder in encoders.items():
+            if encoder is None:
+                routed.append(None)
+            elif not route_encoders:
+                routed.append(_plain_clone(encoder, name))
+            else:
+                twin, layers = route_encoder_attention(encoder, route_through_lit, input_name=name)
+                if not layers:
+                    _warn_once(f"no-layers-{name}", f"LiT Triton attention: the connected {name} has no core "
+                                                    "CLIP/DINOv2 encoder layers to route; it is unchanged.")
+                routed.append(twin)
+        return (patched, *routed)
+
+
+def _plain_clone(encoder: Any, input_name: str) -> Any:
+    try:
+        return clone_encoder(encoder)
+    except AttributeError as err:
+        raise LitError(f"this input is not a ComfyUI CLIP or CLIP_VISION ({err}).", input_name=input_name,
+                       fix="connect the output of a Load CLIP / Load Checkpoint / Load CLIP Vision node.") from err
 
 
 register_comfy_attention()

@@ -296,3 +296,111 @@ def load_models_gpu(models: list) -> None:
     """Ask ComfyUI to put these model patchers on its device (and offload others); no-op outside ComfyUI."""
     if comfy_mm is not None and models:
         comfy_mm.load_models_gpu(models)
+
+
+# ---- attention: ComfyUI's attention registry, and core's CLIP text/vision encoders routed through our attention
+#
+# Core's CLIP text and vision encoders (and DINOv2, also a CLIP_VISION) never see transformer_options, so the
+# optimized_attention_override hook misses them: each encoder looks its attention function up once per forward
+# (optimized_attention_for_device(..., small_input=True)) and hands it to every layer as `optimized_attention`.
+# We route them with ComfyUI's own object patches on the encoder's patcher: each such layer's `forward` becomes a
+# wrapper that hands the layer our function (wrapping the one it was given) instead. ComfyUI sets object patches
+# when it loads that patcher and restores the originals when it unloads it or loads another clone of the same
+# model, so only the patched CLIP / CLIP_VISION is routed, and only while it is the loaded clone.
+
+ROUTED_ENCODER_MODULES = ("comfy.clip_model", "comfy.image_encoders.dino2")
+_ATTENTION_ARG = "optimized_attention"
+
+
+def register_attention_function(name: str, func: Callable) -> bool:
+    """Add ``func`` to ComfyUI's attention registry under ``name`` (once); False without a host that has one."""
+    try:
+        import comfy.ldm.modules.attention as comfy_attention  # type: ignore[import-not-found]
+    except Exception:  # noqa: BLE001 - no host, or a host without the module
+        return False
+    register = getattr(comfy_attention, "register_attention_function", None)
+    if register is None:
+        return False
+    if name not in getattr(comfy_attention, "REGISTERED_ATTENTION_FUNCTIONS", {}):
+        register(name, func)
+    return True
+
+
+class RoutedLayerForward:
+    """An object-patch value for a layer's ``forward``: the same forward, handed ``wrap(its attention function)``."""
+
+    def __init__(self, layer: torch.nn.Module, wrap: Callable[[Callable], Callable], inner: Callable | None) -> None:
+        import inspect
+
+        self.layer = layer
+        self.wrap = wrap
+        self.inner = inner  # an earlier object patch of this forward keeps running, with our function
+        params = list(inspect.signature(type(layer).forward).parameters)[1:]
+        self.index = params.index(_ATTENTION_ARG)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if len(args) > self.index:
+            args = args[:self.index] + (self.wrap(args[self.index]),) + args[self.index + 1:]
+        elif kwargs.get(_ATTENTION_ARG) is not None:
+            kwargs[_ATTENTION_ARG] = self.wrap(kwargs[_ATTENTION_ARG])
+        if self.inner is not None:
+            return self.inner(*args, **kwargs)
+        return type(self.layer).forward(self.layer, *args, **kwargs)
+
+
+def _takes_attention(module: torch.nn.Module) -> bool:
+    import inspect
+
+    cls = type(module)
+    if cls.__module__ not in ROUTED_ENCODER_MODULES:
+        return False
+    try:
+        return _ATTENTION_ARG in inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def routable_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The outermost modules of core's CLIP/DINOv2 encoders that are handed an attention function, by path."""
+    found: list[tuple[str, torch.nn.Module]] = []
+
+    def walk(module: torch.nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            path = f"{prefix}{name}"
+            if _takes_attention(child):
+                found.append((path, child))  # its sub-modules get the function from it
+            else:
+                walk(child, path + ".")
+
+    walk(model, "")
+    return found
+
+
+def clone_encoder(encoder: Any) -> Any:
+    """A clone of a CLIP (``clone()``) or CLIP_VISION (no ``clone``: a shallow copy with a cloned patcher)."""
+    if hasattr(encoder, "clone"):
+        return encoder.clone()
+    import copy
+
+    twin = copy.copy(encoder)
+    twin.patcher = encoder.patcher.clone()
+    return twin
+
+
+def route_encoder_attention(encoder: Any, wrap: Callable[[Callable], Callable], *,
+                            input_name: str) -> tuple[Any, int]:
+    """A clone of a CLIP / CLIP_VISION whose core attention runs ``wrap(core_function)``; and how many layers."""
+    patcher = getattr(encoder, "patcher", None)
+    if patcher is None or not hasattr(patcher, "add_object_patch") or not isinstance(
+            getattr(patcher, "model", None), torch.nn.Module):
+        raise LitError("this input is not a ComfyUI CLIP or CLIP_VISION.", input_name=input_name,
+                       fix="connect the output of a Load CLIP / Load Checkpoint / Load CLIP Vision node.")
+    twin = clone_encoder(encoder)
+    layers = routable_layers(twin.patcher.model)
+    for path, layer in layers:
+        key = f"{path}.forward"
+        previous = twin.patcher.object_patches.get(key)
+        if isinstance(previous, RoutedLayerForward):  # routed twice: once is enough
+            previous = previous.inner
+        twin.patcher.add_object_patch(key, RoutedLayerForward(layer, wrap, previous))
+    return twin, len(layers)

@@ -15,10 +15,12 @@ Conventions (identical on both paths):
 - A query row whose keys are all masked outputs zeros (as SDPA does).
 
 Which path runs: ``backend`` argument, else ``$COMFYUI_LIT_ATTENTION`` (``triton`` | ``torch`` | ``auto``,
-default ``auto``). ``auto`` uses the kernel for fp16/bf16 CUDA tensors it supports when Triton is installed,
-SDPA otherwise (fp32 included: the kernel's exact-fp32 path is for correctness, not speed). ``triton`` forces
-the kernel (on the CPU it needs ``TRITON_INTERPRET=1``) and raises a :class:`LitError` saying why when it cannot
-run; ``torch`` always uses SDPA.
+default ``auto``). ``auto`` is measured, not assumed: on CUDA, the first call of each shape class (GPU, dtype,
+head dim, length buckets, mask kind, forward or forward+backward) checks the kernel against SDPA and times both
+(``calibrate.py``); the kernel serves the class only when it was right and faster, and the decision is cached
+on disk. Off CUDA ``auto`` is SDPA at no cost. ``triton`` forces the kernel (on the CPU it needs
+``TRITON_INTERPRET=1``) and raises a :class:`LitError` saying why when it cannot run; ``torch`` always uses
+SDPA.
 
 The transformers side: :func:`register_transformers_attention` registers the kernel as attention
 implementation ``"lit_triton"``; :func:`preferred_attn_implementation` is what tower loaders pass as
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common.errors import LitError
+from . import calibrate as cal
 from . import triton_kernel as ta
 
 log = logging.getLogger(__name__)
@@ -42,8 +45,6 @@ log = logging.getLogger(__name__)
 ENV_VAR = "COMFYUI_LIT_ATTENTION"
 BACKENDS = ("auto", "triton", "torch")
 HF_NAME = "lit_triton"
-# (device, dtype, head dim) combinations whose kernel launch failed under "auto": SDPA serves them from then on
-_FAILED: set[tuple[str, torch.dtype, int]] = set()
 
 
 def requested_backend(backend: str | None = None) -> str:
@@ -115,11 +116,92 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, key_p
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
 
 
-def _auto_uses_kernel(q: torch.Tensor) -> bool:
-    # the interpreter also runs CPU tensors, but is a test tool: "auto" only picks the kernel on CUDA. fp32 goes
-    # to SDPA: our fp32 path keeps exact fp32 dot products (no tensor cores) and only fits small tiles
-    # (bench/attention_compile.py), so it is there for correctness, not speed
-    return q.is_cuda and q.dtype != torch.float32
+def _auto_calibrates(q: torch.Tensor) -> bool:
+    # the interpreter also runs CPU tensors, but it is a test tool: "auto" measures (and may pick) the kernel on
+    # CUDA only, so a CPU never pays for calibration
+    return q.is_cuda
+
+
+def _tracing() -> bool:
+    """Inside CUDA-graph capture or torch.compile tracing nothing can be timed: SDPA, undecided."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and getattr(compiler, "is_compiling", None) is not None and compiler.is_compiling():
+        return True
+    return bool(torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
+def _calibrator() -> cal.Calibrator:
+    return cal.calibrator()
+
+
+def _run_kernel(q, k, v, causal, key_padding_mask, attn_bias, scale) -> torch.Tensor:
+    bias = attn_bias
+    if bias is not None and bias.dtype == torch.bool:
+        bias = _bool_to_bias(bias, torch.float32)
+    return ta.triton_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, attn_bias=bias, scale=scale)
+
+
+def _wants_backward(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def calibrated_decision(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                        key_padding_mask: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
+                        scale: float | None = None, backward: bool | None = None,
+                        calibrator: cal.Calibrator | None = None) -> tuple[cal.ShapeClass, cal.Decision]:
+    """The shape class of a call on ``[B, H, N, d]`` views and ``auto``'s decision for it (measured if new)."""
+    if backward is None:
+        backward = _wants_backward(q, k, v, attn_bias)
+    shape = cal.shape_class(q, k, causal=causal, key_padding_mask=key_padding_mask, attn_bias=attn_bias,
+                            backward=backward)
+    calibrator = calibrator or _calibrator()
+
+    def measure() -> cal.Measurement:
+        return cal.measure(
+            q, k, v, attn_bias, backward=backward, timer=calibrator.timer, reps=calibrator.reps,
+            run_kernel=lambda q_, k_, v_, b_: _run_kernel(q_, k_, v_, causal, key_padding_mask, b_, scale),
+            run_sdpa=lambda q_, k_, v_, b_: _sdpa(q_, k_, v_, causal, key_padding_mask, b_, scale))
+
+    return shape, calibrator.decide(shape, measure)
+
+
+def _plan(q, k, v, causal, key_padding_mask, attn_bias, scale, choice: str) -> tuple[bool, cal.ShapeClass | None]:
+    """Whether the kernel serves this call, and the shape class ``auto`` decided it for (None when forced)."""
+    if choice == "torch":
+        return False, None
+    reason = ta.supports(q, k, v)
+    if choice == "triton":
+        if reason is not None:
+            raise LitError(f"the Triton attention kernel cannot run here: {reason}.", input_name="backend",
+                           fix=f"use backend='auto' (or unset {ENV_VAR}) to fall back to PyTorch SDPA.")
+        return True, None
+    if reason is not None or not _auto_calibrates(q) or _tracing():
+        return False, None
+    shape, decision = calibrated_decision(q, k, v, causal=causal, key_padding_mask=key_padding_mask,
+                                          attn_bias=attn_bias, scale=scale)
+    return decision.use_kernel, shape
+
+
+def kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                     key_padding_mask: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
+                     scale: float | None = None, backend: str | None = None) -> torch.Tensor | None:
+    """The kernel's result on ``[B, H, N, d]`` views when the backend (``auto``: the calibration) picks it for
+    this call, else ``None`` so the caller runs its own fallback (SDPA here, the host's attention in ComfyUI).
+
+    Forced ``triton`` raises a :class:`LitError` when the kernel cannot run and lets kernel errors through;
+    under ``auto`` a kernel error disables its shape class (one logged line) and gives ``None``.
+    """
+    choice = requested_backend(backend)
+    use_kernel, shape = _plan(q, k, v, causal, key_padding_mask, attn_bias, scale, choice)
+    if not use_kernel:
+        return None
+    try:
+        return _run_kernel(q, k, v, causal, key_padding_mask, attn_bias, scale)
+    except Exception as err:  # noqa: BLE001 - e.g. a GPU/driver Triton cannot compile for
+        if shape is None:
+            raise
+        _calibrator().record_failure(shape, err)
+        return None
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: str = "bhnd", causal: bool = False,
@@ -131,29 +213,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: str 
     if layout == "bnhd":  # views only: both paths address memory through strides
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     _check(q, k, v, key_padding_mask, attn_bias)
-    choice = requested_backend(backend)
-    use_kernel = False
-    if choice != "torch":
-        reason = ta.supports(q, k, v)
-        if choice == "triton" and reason is not None:
-            raise LitError(f"the Triton attention kernel cannot run here: {reason}.", input_name="backend",
-                           fix=f"use backend='auto' (or unset {ENV_VAR}) to fall back to PyTorch SDPA.")
-        use_kernel = reason is None and (choice == "triton" or _auto_uses_kernel(q))
-    key = (str(q.device), q.dtype, q.shape[-1])
-    out = None
-    if use_kernel and (choice == "triton" or key not in _FAILED):
-        bias = attn_bias
-        if bias is not None and bias.dtype == torch.bool:
-            bias = _bool_to_bias(bias, torch.float32)
-        try:
-            out = ta.triton_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, attn_bias=bias,
-                                      scale=scale)
-        except Exception as err:  # noqa: BLE001 - e.g. a GPU/driver Triton cannot compile for
-            if choice == "triton":
-                raise
-            _FAILED.add(key)
-            log.warning("LiT Triton attention failed on %s (%s: %s); using PyTorch SDPA for it from now on.",
-                        key, type(err).__name__, err)
+    out = kernel_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, attn_bias=attn_bias,
+                           scale=scale, backend=backend)
     if out is None:
         out = _sdpa(q, k, v, causal, key_padding_mask, attn_bias, scale)
     return out.transpose(1, 2) if layout == "bnhd" else out
