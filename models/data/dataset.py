@@ -156,8 +156,8 @@ def _size_problem(size: tuple[int, int], limit: int | None = None) -> str | None
     limit = max_pixels() if limit is None else limit
     w, h = size
     if w * h > limit:
-        return (f"{w}x{h} ({w * h / 1e6:.0f} MP) is over the {limit / 1e6:.0f} MP limit; downscale it, or raise "
-                f"the limit with the environment variable {MAX_PIXELS_ENV} (e.g. {MAX_PIXELS_ENV}={2 * w * h})")
+        return (f"{w}x{h} ({w * h} pixels), over the limit of {limit} pixels; downscale it, or raise the limit "
+                f"with the environment variable {MAX_PIXELS_ENV} (e.g. {MAX_PIXELS_ENV}={2 * w * h})")
     if w < 1 or h < 1:
         return f"{w}x{h} has no pixels"
     return None
@@ -562,7 +562,8 @@ def dataset_signature(path: str, *, recursive: bool = True, max_entries: int = 2
                 entries = sorted(it, key=lambda e: e.name)
         except OSError:
             continue
-        h.update(f"D{os.path.relpath(d, path)}:{dst.st_mtime_ns}\n".encode())
+        # Folder names, not their mtimes: writing the hidden embedding cache touches the dataset folder's mtime.
+        h.update(f"D{os.path.relpath(d, path)}\n".encode())
         for e in entries:
             n += 1
             if n > max_entries:

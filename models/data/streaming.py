@@ -142,16 +142,44 @@ class ShardDataset(CaptionedDataset):
     """A :class:`CaptionedDataset` whose images live in tar shards: ``members[i] = (shard, member name)``."""
 
     members: list[tuple[str, str]] = field(default_factory=list)
-    _tars: dict[str, tarfile.TarFile] = field(default_factory=dict, repr=False)
+    _tars: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict, repr=False)  # shard -> members
+
+    def _read_member(self, url: str, name: str) -> bytes:
+        # The member table is read once per shard in stream mode, tolerating damage after the last good member,
+        # so the samples a truncated shard kept stay readable (random-access tarfile refuses the whole file).
+        index = self._tars.get(url)
+        if index is None:
+            index = {}
+            try:
+                with tarfile.open(url, mode="r|*") as tar:
+                    for member in tar:
+                        if member.isfile():
+                            index[member.name] = (member.offset_data, member.size)
+            except Exception:  # noqa: BLE001 - damage: keep the members listed before it
+                pass
+            self._tars[url] = index
+        if name not in index:
+            raise KeyError(name)
+        offset, size = index[name]
+        with open(url, "rb") as fh:
+            magic = fh.read(6)
+            if not (magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic == b"\xfd7zXZ\x00"):
+                fh.seek(offset)
+                data = fh.read(size)
+                if len(data) == size:
+                    return data
+                raise EOFError("unexpected end of data")
+        with tarfile.open(url, mode="r|*") as tar:  # compressed: offsets are in the decompressed stream
+            for member in tar:
+                if member.name == name:
+                    return tar.extractfile(member).read()
+        raise KeyError(name)
 
     def load_image(self, i: int) -> torch.Tensor:
         url, name = self.members[i]
         try:
-            tar = self._tars.get(url)
-            if tar is None:
-                tar = self._tars[url] = tarfile.open(url, mode="r:*")
-            data = tar.extractfile(name).read()
-        except (OSError, KeyError, tarfile.TarError, AttributeError) as err:
+            data = self._read_member(url, name)
+        except (OSError, KeyError, EOFError, tarfile.TarError, AttributeError) as err:
             raise LitError(f"could not read '{name}' from '{url}': {err}", input_name="shards",
                            fix="check that the shard is a complete tar file.") from None
         try:
