@@ -159,7 +159,7 @@ def save_tensors_atomic(tensors: Mapping[str, torch.Tensor], path: str, metadata
     except (FileExistsError, NotADirectoryError):
         raise LitError(f"'{folder}' is a file, not a folder.", input_name=input_name,
                        fix="choose a name whose folders are not existing files.") from None
-    if os.path.isdir(path):
+    if os.path.isdir(path) and not (unique and not overwrite):  # unique: the folder's name is taken, use the next
         raise LitError(f"'{path}' is a folder; a file can't be saved over it.", input_name=input_name,
                        fix="choose another name, or move that folder away.")
     clean_stale_temps(folder)

@@ -17,10 +17,26 @@ import torch
 from PIL import Image
 from torch import nn
 
-from comfyui_lit.models.towers.image_tower import ImageTower
+
+class DuckTower(nn.Module):
+    """What the embedding cache needs of a tower, importable without transformers (for fast subprocesses)."""
+
+    fingerprint = "duck-tower"
+    preprocess_id = "duck-16"
+    embed_dim = 4
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.movedim(-1, 1)
+        return torch.nn.functional.interpolate(x, size=(16, 16), mode="area")
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.stack([pixels.mean((1, 2, 3)), pixels.std((1, 2, 3)), pixels[:, 0].mean((1, 2)),
+                            pixels[:, 2].mean((1, 2))], dim=1)
 
 
-def tiny_tower(seed: int = 0, dim: int = 8) -> ImageTower:
+def tiny_tower(seed: int = 0, dim: int = 8):
+    from comfyui_lit.models.towers.image_tower import ImageTower
+
     torch.manual_seed(seed)
     backbone = nn.Sequential(nn.Conv2d(3, dim, 4, stride=4), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return ImageTower(backbone, embed_dim=dim, input_size=16, mean=(0.5,) * 3, std=(0.5,) * 3, name=f"fuzz{dim}")
