@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..models.common.atomic import clean_stale_temps
 from ..models.common.errors import LitError
 from ..models.common.validate import check_finite, check_image_batch
 
@@ -58,6 +59,7 @@ def register_model_folders() -> None:
         return
     path = os.path.join(folder_paths.models_dir, LIT_FOLDER)
     os.makedirs(path, exist_ok=True)
+    clean_stale_temps(path)  # temp folders of saves killed in an earlier session
     if hasattr(folder_paths, "add_model_folder_path"):
         folder_paths.add_model_folder_path(LIT_FOLDER, path)
     if LIT_FOLDER in folder_paths.folder_names_and_paths:
