@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
+from ..models.common.atomic import clean_stale_temps
 from ..models.common.errors import LitError
+from ..models.common.validate import check_finite, check_image_batch
 
 try:  # pragma: no cover - exercised only inside ComfyUI
     import folder_paths  # type: ignore[import-not-found]
@@ -34,7 +36,6 @@ try:  # pragma: no cover
 except Exception:  # noqa: BLE001
     PromptServer = None
 
-IN_COMFYUI = folder_paths is not None
 CATEGORY = "LiT"
 LIT_FOLDER = "lit"
 MODEL_EXTENSIONS = {".safetensors", ".sft", ".json"}
@@ -58,6 +59,7 @@ def register_model_folders() -> None:
         return
     path = os.path.join(folder_paths.models_dir, LIT_FOLDER)
     os.makedirs(path, exist_ok=True)
+    clean_stale_temps(path)  # temp folders of saves killed in an earlier session
     if hasattr(folder_paths, "add_model_folder_path"):
         folder_paths.add_model_folder_path(LIT_FOLDER, path)
     if LIT_FOLDER in folder_paths.folder_names_and_paths:
@@ -75,19 +77,38 @@ def folder_dirs(folder: str) -> list[str]:
     return [os.path.join(models_dir(), sub) for sub in _FALLBACK_FOLDERS.get(folder, [folder])]
 
 
+def _walk_once(root: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` following symlinks, but entering each real directory once: a link loop (``a -> .``) can't hang
+    the node list or list a file dozens of times. Hidden entries (``.tmp-*`` of a save in progress) are skipped."""
+    seen: set[tuple[int, int] | str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+            ident: tuple[int, int] | str = (st.st_dev, st.st_ino)
+        except OSError:
+            ident = os.path.realpath(dirpath)
+        if ident in seen:
+            dirnames[:] = []
+            continue
+        seen.add(ident)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield dirpath, dirnames, [f for f in filenames if not f.startswith(".")]
+
+
 def list_models(folder: str, *, include_dirs: bool = True) -> list[str]:
     """Files (and HF model folders, which hold a ``config.json``) inside a model folder, relative names."""
     names: set[str] = set()
     if folder_paths is not None:
         try:
             names.update(n for n in folder_paths.get_filename_list(folder)
-                         if os.path.splitext(n)[1].lower() in {".safetensors", ".sft"})
+                         if os.path.splitext(n)[1].lower() in {".safetensors", ".sft"}
+                         and not any(part.startswith(".") for part in n.replace("\\", "/").split("/")))
         except Exception:  # noqa: BLE001
             pass
     for root in folder_dirs(folder):
         if not os.path.isdir(root):
             continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        for dirpath, dirnames, filenames in _walk_once(root):
             rel = os.path.relpath(dirpath, root)
             if include_dirs and "config.json" in filenames and rel != ".":
                 names.add(rel.replace(os.sep, "/"))
@@ -209,9 +230,27 @@ def with_node_errors(node: str) -> Callable:
 
 def require_lit_model(obj: Any) -> None:
     """A clear error when something other than a LIT_MODEL reaches a LIT_MODEL input (the samplers duck-type it)."""
-    if not all(hasattr(obj, member) for member in ("encode_image", "encode_text")):
-        raise LitError("this input is not a LIT_MODEL.", input_name="lit_model",
+    if obj is None:
+        raise LitError("nothing is connected.", input_name="lit_model",
                        fix="connect the output of 'LiT Load Adapter' or 'LiT Locked Tuning'.")
+    if not all(hasattr(obj, member) for member in ("encode_image", "encode_text")):
+        raise LitError(f"this input is not a LIT_MODEL (got {type(obj).__name__}).", input_name="lit_model",
+                       fix="connect the output of 'LiT Load Adapter' or 'LiT Locked Tuning'.")
+
+
+def require_images(images: Any, *, input_name: str = "image", channels: tuple[int, ...] = (1, 3, 4),
+                   min_size: int = 1) -> torch.Tensor:
+    """A node's IMAGE input checked once at the boundary: connected, ``[B,H,W,C]``, non-empty and finite.
+
+    Returns the batch as ``[B,H,W,C]``; every node that takes images calls this (or ``check_image_batch``)."""
+    if images is None:
+        raise LitError("nothing is connected.", input_name=input_name, fix="connect an IMAGE output (e.g. Load Image).")
+    return check_image_batch(images, input_name=input_name, channels=channels, min_size=min_size)
+
+
+def require_finite(t: torch.Tensor, *, input_name: str, what: str = "values") -> torch.Tensor:
+    """NaN/Inf in a node's tensor input (a mask, a latent, embeddings): the pack's clear error."""
+    return check_finite(t, input_name=input_name, what=what)
 
 
 @contextmanager
@@ -219,6 +258,46 @@ def trainable() -> Iterator[None]:
     """Nodes run under ``torch.inference_mode()``; optimisation inside a node needs it lifted."""
     with torch.inference_mode(False), torch.enable_grad():
         yield
+
+
+def _normal_tensor(x: Any) -> Any:
+    # Inference tensors can't be saved for backward; a clone made outside inference mode is a normal tensor.
+    return x.clone() if torch.is_tensor(x) and x.is_inference() else x
+
+
+def trainable_node(fn: Callable) -> Callable:
+    """Decorator for the FUNCTION of a node that optimises (training, guidance, plug-and-play restoration).
+
+    The one place inference mode is lifted: the body runs with ``inference_mode(False)`` and grad enabled, and
+    tensor arguments that are inference tensors (every IMAGE/MASK ComfyUI passes) arrive as normal clones.
+    The engine itself never lifts inference mode."""
+
+    @functools.wraps(fn)
+    def inner(*args: Any, **kwargs: Any) -> Any:
+        with trainable():
+            args = tuple(_normal_tensor(a) for a in args)
+            kwargs = {k: _normal_tensor(v) for k, v in kwargs.items()}
+            return fn(*args, **kwargs)
+
+    return inner
+
+
+def embedding_progress(desc: str = "LiT image embeddings") -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` for the embedding cache: ComfyUI's progress bar, and Cancel checked at every
+    batch (the cache writes what it has finished before the interruption propagates)."""
+    state: dict[str, Any] = {"bar": None, "done": 0}
+
+    def progress(done: int, total: int) -> None:
+        check_interrupted()
+        if state["bar"] is None:
+            state["bar"] = Progress(total, desc)
+        if done > state["done"]:
+            state["bar"].update(done - state["done"])
+            state["done"] = done
+        if done >= total:
+            state["bar"].close()
+
+    return progress
 
 
 def comfy_tokenizer_dirs() -> dict[str, list[str]]:

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 
 import torch
 
+from ..models.common.atomic import safe_relative_name
 from ..models.common.errors import LitError
-from ..models.data.dataset import from_images, load_dataset
+from ..models.data.dataset import dataset_signature, from_images, load_dataset
 from ..models.tuning.lit_model import LitModel, load_adapter, read_adapter_metadata, save_adapter
 from ..models.tuning.trainer import TrainConfig, train_locked
 from .host import (
     CATEGORY,
     LIT_FOLDER,
     check_interrupted,
+    embedding_progress,
     input_directory,
     interrupted_exception_types,
     list_models,
     lit_save_dir,
     progress_callback,
+    require_lit_model,
     resolve_model,
     send_event,
     trainable,
@@ -38,22 +39,6 @@ def _resolve_dataset_path(path: str) -> str:
         if base and os.path.exists(os.path.join(base, path)):
             return os.path.join(base, path)
     return path
-
-
-def _listing_signature(path: str) -> str:
-    """Changes when files are added, removed or edited under ``path`` (so ComfyUI re-reads the dataset)."""
-    if os.path.isfile(path):
-        st = os.stat(path)
-        return f"{path}:{st.st_mtime_ns}:{st.st_size}"
-    parts = []
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            try:
-                st = os.stat(os.path.join(dirpath, f))
-            except OSError:
-                continue
-            parts.append(f"{f}:{st.st_mtime_ns}:{st.st_size}")
-    return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()
 
 
 class LiTDataset:
@@ -84,7 +69,7 @@ class LiTDataset:
     @classmethod
     def IS_CHANGED(cls, path: str = "", recursive: bool = True, **_):
         resolved = _resolve_dataset_path(path or "")
-        return _listing_signature(resolved) if os.path.exists(resolved) else path
+        return dataset_signature(resolved, recursive=recursive)  # bounded: never a full walk of a huge tree
 
     @with_node_errors(DISPLAY)
     def load(self, path: str, recursive: bool = True, images: torch.Tensor | None = None, captions: str = ""):
@@ -157,14 +142,12 @@ class LiTLockedTuning:
         with trainable():
             model = LitModel(image_tower, text_tower, mode=mode, loss=loss, lora_rank=lora_rank, seed=seed)
             result = train_locked(model, dataset, config, cache_dir=cache_dir.strip() or None, callback=on_step,
-                                  interrupt_exceptions=interrupted_exception_types())
+                                  interrupt_exceptions=interrupted_exception_types(),
+                                  embed_progress=embedding_progress())
         send_event(TRAIN_EVENT, {"node": unique_id, "done": True, "step": result.steps_done, "total": steps,
                                  "metrics": {k: float(v) for k, v in result.best_metrics.items()
                                              if isinstance(v, (int, float))}})
         return {"ui": {"text": [result.report]}, "result": (model, result.report)}
-
-
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._\- /]")
 
 
 class LiTSaveAdapter:
@@ -190,19 +173,10 @@ class LiTSaveAdapter:
 
     @with_node_errors(DISPLAY)
     def save(self, lit_model, filename: str, overwrite: bool = False):
-        name = _SAFE_NAME.sub("_", filename.strip()).strip("/ ")
-        if not name or ".." in name.split("/"):
-            raise LitError(f"'{filename}' is not a usable file name.", input_name="filename",
-                           fix="use letters, digits, '-', '_' and '/' for sub-folders.")
-        if name.lower().endswith(".safetensors"):
-            name = name[: -len(".safetensors")]
-        base = os.path.join(lit_save_dir(), name)
-        path = base + ".safetensors"
-        n = 1
-        while not overwrite and os.path.exists(path):
-            path = f"{base}_{n:04d}.safetensors"
-            n += 1
-        save_adapter(lit_model, path)
+        require_lit_model(lit_model)
+        # Exclusive create: with overwrite off, concurrent saves of one name get distinct, reported names.
+        path = save_adapter(lit_model, os.path.join(lit_save_dir(), safe_relative_name(filename)),
+                            overwrite=overwrite, unique=not overwrite)
         return {"ui": {"text": [path]}, "result": (path,)}
 
 

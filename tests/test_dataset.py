@@ -118,10 +118,13 @@ def test_empty_and_captionless_datasets_are_errors(tmp_path):
     with pytest.raises(LitError, match="usable caption") as err:
         load_folder(str(tmp_path / "nocap"))
     assert err.value.input_name == "folder" and err.value.fix
-    with pytest.raises(LitError, match="not a folder"):
+    with pytest.raises(LitError, match="does not exist"):
         load_folder(str(tmp_path / "nowhere"))
-    with pytest.raises(LitError, match="neither"):
+    with pytest.raises(LitError, match="does not exist"):
         load_dataset(str(tmp_path / "nowhere"))
+    (tmp_path / "file.bin").write_bytes(b"x")
+    with pytest.raises(LitError, match="not a folder"):
+        load_folder(str(tmp_path / "file.bin"))
 
 
 def test_in_graph_batch():

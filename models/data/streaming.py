@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..common.errors import LitError
-from .dataset import CaptionedDataset, Sample, read_image
+from .dataset import ENCODING_FIX, CaptionedDataset, Sample, TextDecodeError, decode_text, read_image
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp")
 CAPTION_KEYS = ("txt", "caption", "json")
@@ -74,26 +74,57 @@ def _iter_tarfile(url: str) -> Iterator[dict]:
         yield current
 
 
-def iter_samples(urls: list[str], *, use_webdataset: bool = True) -> Iterator[dict]:
-    """Raw samples ``{"__key__", "__url__", "<ext>": bytes, ...}`` of ``urls`` in order, read sequentially."""
+class ShardReadError(Exception):
+    """A shard that stopped being readable part-way (truncated, not a tar, damaged); the samples before it stand."""
+
+    def __init__(self, url: str, err: BaseException) -> None:
+        super().__init__(f"{type(err).__name__}: {err}")
+        self.url = url
+
+
+def _iter_one(url: str, wds) -> Iterator[dict]:
+    if wds is not None:
+        # Every rank indexes all shards (the index is small); the trainer shards the work itself, so webdataset's
+        # node splitter, which refuses multi-rank runs by default, is replaced by the identity.
+        yield from wds.WebDataset([url], shardshuffle=False, nodesplitter=lambda src: src, empty_check=False)
+    else:
+        yield from _iter_tarfile(url)
+
+
+def iter_samples(urls: list[str], *, use_webdataset: bool = True,
+                 errors: list[tuple[str, str]] | None = None) -> Iterator[dict]:
+    """Raw samples ``{"__key__", "__url__", "<ext>": bytes, ...}`` of ``urls`` in order, read sequentially.
+
+    A shard that is truncated or not a tar at all keeps the samples read before the damage; with ``errors`` given,
+    ``(shard, reason)`` is appended there and reading goes on with the next shard, else ``ShardReadError``."""
     try:
         import webdataset as wds
     except ImportError:
         wds = None
-    if use_webdataset and wds is not None:
-        # Every rank indexes all shards (the index is small); the trainer shards the work itself, so webdataset's
-        # node splitter, which refuses multi-rank runs by default, is replaced by the identity.
-        yield from wds.WebDataset(urls, shardshuffle=False, nodesplitter=lambda src: src, empty_check=False)
-        return
+    if not use_webdataset:
+        wds = None
     for url in urls:
-        yield from _iter_tarfile(url)
+        try:
+            # Samples are grouped by key and yielded when the next key starts, so one cut short by the damage is
+            # never yielded; every sample before it is.
+            yield from _iter_one(url, wds)
+        except Exception as err:  # noqa: BLE001 - tarfile/webdataset raise many types for damaged archives
+            if errors is None:
+                raise ShardReadError(url, err) from err
+            errors.append((url, f"{type(err).__name__}: {str(err)[:120]}"))
+
+
+def _decode_caption(raw) -> str:
+    if not isinstance(raw, bytes):
+        return str(raw)
+    return decode_text(raw)
 
 
 def _captions(sample: dict) -> list[str]:
+    """Caption lines of a sample; raises ``TextDecodeError`` when the caption isn't UTF-8/UTF-16 text."""
     for k in CAPTION_KEYS:
         if k in sample:
-            raw = sample[k]
-            text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+            text = _decode_caption(sample[k])
             if k == "json":
                 try:
                     obj = json.loads(text)
@@ -111,16 +142,44 @@ class ShardDataset(CaptionedDataset):
     """A :class:`CaptionedDataset` whose images live in tar shards: ``members[i] = (shard, member name)``."""
 
     members: list[tuple[str, str]] = field(default_factory=list)
-    _tars: dict[str, tarfile.TarFile] = field(default_factory=dict, repr=False)
+    _tars: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict, repr=False)  # shard -> members
+
+    def _read_member(self, url: str, name: str) -> bytes:
+        # The member table is read once per shard in stream mode, tolerating damage after the last good member,
+        # so the samples a truncated shard kept stay readable (random-access tarfile refuses the whole file).
+        index = self._tars.get(url)
+        if index is None:
+            index = {}
+            try:
+                with tarfile.open(url, mode="r|*") as tar:
+                    for member in tar:
+                        if member.isfile():
+                            index[member.name] = (member.offset_data, member.size)
+            except Exception:  # noqa: BLE001 - damage: keep the members listed before it
+                pass
+            self._tars[url] = index
+        if name not in index:
+            raise KeyError(name)
+        offset, size = index[name]
+        with open(url, "rb") as fh:
+            magic = fh.read(6)
+            if not (magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic == b"\xfd7zXZ\x00"):
+                fh.seek(offset)
+                data = fh.read(size)
+                if len(data) == size:
+                    return data
+                raise EOFError("unexpected end of data")
+        with tarfile.open(url, mode="r|*") as tar:  # compressed: offsets are in the decompressed stream
+            for member in tar:
+                if member.name == name:
+                    return tar.extractfile(member).read()
+        raise KeyError(name)
 
     def load_image(self, i: int) -> torch.Tensor:
         url, name = self.members[i]
         try:
-            tar = self._tars.get(url)
-            if tar is None:
-                tar = self._tars[url] = tarfile.open(url, mode="r:*")
-            data = tar.extractfile(name).read()
-        except (OSError, KeyError, tarfile.TarError, AttributeError) as err:
+            data = self._read_member(url, name)
+        except (OSError, KeyError, EOFError, tarfile.TarError, AttributeError) as err:
             raise LitError(f"could not read '{name}' from '{url}': {err}", input_name="shards",
                            fix="check that the shard is a complete tar file.") from None
         try:
@@ -146,23 +205,35 @@ def load_shards(specs: str | list[str], *, use_webdataset: bool = True) -> Shard
     members: list[tuple[str, str]] = []
     hashes: dict[int, str] = {}
     skipped: list[tuple[str, str]] = []
-    for raw in iter_samples(urls, use_webdataset=use_webdataset):
+    shard_errors: list[tuple[str, str]] = []
+    for raw in iter_samples(urls, use_webdataset=use_webdataset, errors=shard_errors):
         key, url = raw["__key__"], raw["__url__"]
+        name = f"{os.path.basename(url)}:{key}"
         ext = next((k for k in IMAGE_KEYS if k in raw), None)
-        caps = _captions(raw)
+        try:
+            caps = _captions(raw)
+        except TextDecodeError as err:
+            skipped.append((name, f"caption is not text we can decode ({err}); {ENCODING_FIX}"))
+            continue
         if ext is None:
-            skipped.append((f"{os.path.basename(url)}:{key}", "no image"))
+            skipped.append((name, "no image"))
             continue
         if not caps:
-            skipped.append((f"{os.path.basename(url)}:{key}", "no caption"))
+            skipped.append((name, "no caption"))
             continue
         hashes[len(samples)] = hashlib.sha256(raw[ext]).hexdigest()  # same key as the file's bytes on disk
-        samples.append(Sample(key=f"{os.path.basename(url)}:{key}", captions=caps))
+        samples.append(Sample(key=name, captions=caps))
         members.append((url, f"{key}.{ext}"))
+    for url, why in shard_errors:
+        skipped.append((os.path.basename(url), f"shard unreadable from here on, samples before it kept ({why})"))
     root = os.path.dirname(os.path.abspath(urls[0]))
     ds = ShardDataset(samples, root=root, source="tar shards", skipped=skipped, members=members)
     ds._hashes = hashes
     if not samples:
+        if shard_errors and len(shard_errors) == len(urls):
+            raise LitError(f"none of the {len(urls)} tar shard(s) could be read (truncated, damaged or not tar "
+                           f"files).\n{ds.report()}", input_name="shards",
+                           fix="check that the files are complete .tar archives (tar -tf <file>).")
         raise LitError(f"the {len(urls)} tar shard(s) hold no captioned image.\n{ds.report()}", input_name="shards",
                        fix="each sample needs an image (key.jpg/png/...) and a caption (key.txt) with the same key.")
     return ds

@@ -225,7 +225,8 @@ def _clone_module(tower: nn.Module) -> nn.Module:
     return clone
 
 
-def save_adapter(model: LitModel, path: str, *, extra: dict[str, Any] | None = None) -> str:
+def save_adapter(model: LitModel, path: str, *, extra: dict[str, Any] | None = None, overwrite: bool = True,
+                 unique: bool = False) -> str:
     """Write the trained tensors (never the towers) to ``path`` (``.safetensors``) atomically; the JSON metadata
     in the header records the towers' fingerprints, dims, mode, loss, temperature, steps and metrics."""
     if not path.lower().endswith((".safetensors", ".sft")):
@@ -234,7 +235,7 @@ def save_adapter(model: LitModel, path: str, *, extra: dict[str, Any] | None = N
     if extra:
         meta.update(extra)
     header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "lit": json.dumps(meta, default=str)}
-    return save_tensors_atomic(model.trainable_state_dict(), path, metadata=header)
+    return save_tensors_atomic(model.trainable_state_dict(), path, metadata=header, overwrite=overwrite, unique=unique)
 
 
 def read_adapter_metadata(path: str) -> dict[str, Any]:

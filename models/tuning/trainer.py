@@ -435,7 +435,7 @@ def _report(model: LitModel, result: TrainResult, config: TrainConfig, cache: Em
              f"Embedding cache: {cache.stats['hits']} hits, {cache.stats['misses']} computed "
              f"({cache.stats['forwards']} tower forwards)"
              + (f" on rank {dist_.rank()} of {result.world_size}" if result.world_size > 1 else "")
-             + (f" in {cache.dir}." if cache.dir else " (in memory)."),
+             + f" {cache.location()}.",
              f"Speed: {result.pairs_per_second:.0f} pairs/s. "
              f"Final temperature scale {float(model.logit_scale.detach()):.2f}."]
     if result.history:
