@@ -5,8 +5,11 @@
     python -m comfyui_lit train --shards 'data/shard-{000..099}.tar' --out a.safetensors   # WebDataset tars
     torchrun --nproc_per_node=8 -m comfyui_lit train DATA --out a.safetensors \
         --checkpoint-dir ckpt --checkpoint-every 500 --resume                            # scale-out, resumable
-    python -m comfyui_lit classify IMAGES... --adapter a.safetensors --labels "cat,dog"
+    python -m comfyui_lit classify IMAGES... --adapter a.safetensors --labels "cat;dog"
     python -m comfyui_lit score IMAGES... --adapter a.safetensors --prompts "a cat;a dog"
+    python -m comfyui_lit tag FOLDER --adapter a.safetensors --vocabulary-file tags.txt --write   # LoRA captions
+    python -m comfyui_lit caption FOLDER --adapter a.safetensors --candidates "a photo of {tags}" --vocabulary "dog;sky"
+    python -m comfyui_lit search FOLDER --adapter a.safetensors --query "a red car" --like ref.png -k 10
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ import argparse
 import sys
 
 from ..models.common.errors import LitError
-from . import tuning, zero_shot
+from . import retrieval, tuning, zero_shot
 
 # One module per feature; each adds its subcommands.
-COMMANDS = [tuning, zero_shot]
+COMMANDS = [tuning, zero_shot, retrieval]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -220,7 +220,8 @@ class SearchIndex:
 
 
 def build_query(model, *, positive: str | Sequence[str] = "", negative: str | Sequence[str] = "",
-                positive_images: torch.Tensor | None = None, negative_images: torch.Tensor | None = None,
+                positive_images: torch.Tensor | list | None = None,
+                negative_images: torch.Tensor | list | None = None,
                 negative_weight: float = spec.SEARCH_NEGATIVE_WEIGHT.default) -> torch.Tensor:
     """One normalised query vector (Rocchio): mean of the positive prompts/images minus ``negative_weight`` times
     the mean of the negative ones."""
@@ -229,7 +230,9 @@ def build_query(model, *, positive: str | Sequence[str] = "", negative: str | Se
         items = split_prompts(prompts) if prompts else []
         if items:
             vecs.append(text_embeddings(model, items).cpu())
-        if images is not None:
+        if isinstance(images, list | tuple):  # differently sized examples, one by one
+            vecs += [image_embeddings(model, im, input_name=name_i).cpu() for im in images]
+        elif images is not None:
             vecs.append(image_embeddings(model, images, input_name=name_i).cpu())
         if not vecs:
             return None
