@@ -302,3 +302,36 @@ def test_cli_tag_caption_search_score_classify(folder, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "a red photo taken on a sunny day" in out.splitlines()[0]  # the header is not cut
     assert model.text_calls == calls + 1  # prompts encoded once for all images
+
+
+def test_tag_and_search_templates_run_end_to_end(tmp_path, monkeypatch):
+    """The two example workflows, executed with the real loaders (embedded towers) and a saved adapter, on a folder
+    named as in the templates."""
+    from test_workflows import _load, _run_graph
+
+    from comfyui_lit.models.towers.image_tower import load_image_tower
+    from comfyui_lit.models.towers.text_tower import load_text_tower
+    from comfyui_lit.models.tuning.lit_model import LitModel, save_adapter
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.setenv("COMFYUI_LIT_MODELS", str(tmp_path / "models"))
+    monkeypatch.chdir(tmp_path)
+    with torch.inference_mode():
+        model = LitModel(load_image_tower(), load_text_tower(), mode="head")
+    save_adapter(model, str(tmp_path / "models" / "lit" / "my_lit_adapter.safetensors"))
+    for name, rgb in [("a", RED), ("b", GREEN), ("c", BLUE)]:
+        write_png(str(tmp_path / "lit_dataset" / f"{name}.png"), rgb, size=40)
+    open(tmp_path / "lit_dataset" / "c.txt", "w").write("my own caption\n")
+    shown = []
+    core = {"PreviewAny": lambda source: shown.append(source) or (),
+            "PreviewImage": lambda images: shown.append(images) or ()}
+    _run_graph(_load(os.path.join(root, "example_workflows", "lit_tag_folder.json")), core)
+    lines = shown[0].splitlines()
+    assert len(lines) == 3 and all(line.startswith("mylora") for line in lines)
+    assert open(tmp_path / "lit_dataset" / "a.txt").read().startswith("mylora")
+    assert open(tmp_path / "lit_dataset" / "c.txt").read() == "my own caption\n"  # overwrite is off
+    _run_graph(_load(os.path.join(root, "example_workflows", "lit_search_folder.json")), core)
+    images, paths = shown[1], shown[2]
+    assert images.shape == (3, 512, 512, 3) and len(paths.splitlines()) == 3
+    for name in ("lit_tag_folder", "lit_search_folder"):
+        assert os.path.isfile(os.path.join(root, "example_workflows", name + ".jpg"))
