@@ -26,8 +26,6 @@ import sys
 import tempfile
 import time
 
-from _package import import_package as _import_package  # noqa: E402
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("LIT_SHARED_DIR") or os.path.normpath(os.path.join(ROOT, "..", "shared"))
 
@@ -182,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.images = min(args.images, 240)
-    _import_package()
+    from _package import import_package  # bench/ is on sys.path when run as a script; tests import this file
+
+    import_package()
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
