@@ -5,8 +5,11 @@
     python -m comfyui_lit train --shards 'data/shard-{000..099}.tar' --out a.safetensors   # WebDataset tars
     torchrun --nproc_per_node=8 -m comfyui_lit train DATA --out a.safetensors \
         --checkpoint-dir ckpt --checkpoint-every 500 --resume                            # scale-out, resumable
-    python -m comfyui_lit classify IMAGES... --adapter a.safetensors --labels "cat,dog"
+    python -m comfyui_lit classify IMAGES... --adapter a.safetensors --labels "cat;dog"
     python -m comfyui_lit score IMAGES... --adapter a.safetensors --prompts "a cat;a dog"
+    python -m comfyui_lit tag FOLDER --adapter a.safetensors --vocabulary-file tags.txt --write   # LoRA captions
+    python -m comfyui_lit caption FOLDER --adapter a.safetensors --candidates "a photo of {tags}" --vocabulary "dog;sky"
+    python -m comfyui_lit search FOLDER --adapter a.safetensors --query "a red car" --like ref.png -k 10
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from .environment import repair_torchvision_import
 repair_torchvision_import()  # before transformers is imported anywhere
 
 from ..models.common.errors import LitError  # noqa: E402
-from . import attention, tuning, zero_shot  # noqa: E402
+from . import attention, retrieval, tuning, zero_shot  # noqa: E402
 
 # One module per feature; each adds its subcommands.
-COMMANDS = [tuning, zero_shot, attention]
+COMMANDS = [tuning, zero_shot, retrieval, attention]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,6 +41,11 @@ try:
 except ImportError as _err:
     _unavailable("zero_shot", _err)
 try:
+    from . import retrieval
+    _add("retrieval", retrieval)
+except ImportError as _err:
+    _unavailable("retrieval", _err)
+try:
     from . import enhancement
     _add("enhancement", enhancement)
 except ImportError as _err:

@@ -6,11 +6,13 @@ import json
 
 import torch
 
-from ..models.common.errors import LitError
-from ..models.retrieval.zero_shot import classify, parse_lines, rank, score
-from .host import CATEGORY, check_interrupted, with_node_errors
+from ..models.common.text import split_prompts
+from ..models.common.validate import check_image_batch
+from ..models.retrieval import spec
+from ..models.retrieval.zero_shot import classify, rank, score
+from .host import CATEGORY, check_interrupted, require_lit_model, with_node_errors
 
-DEFAULT_TEMPLATES = "a photo of a {}.\na picture of a {}.\n{}"
+DEFAULT_TEMPLATES = "\n".join(spec.ZERO_SHOT_TEMPLATES)  # the same templates the CLI uses: one place, the spec
 MAX_TABLE_IMAGES = 64  # the text table stays readable; JSON outputs always hold every image
 
 
@@ -39,16 +41,16 @@ class LiTZeroShotClassify:
             "lit_model": ("LIT_MODEL", {"tooltip": "A tuned LiT model."}),
             "image": ("IMAGE", {"tooltip": "Images to classify."}),
             "labels": ("STRING", {"multiline": True, "default": "cat\ndog\nbird",
-                                  "tooltip": "Class names, one per line."}),
+                                  "tooltip": "Class names, one per line (or ';'-separated)."}),
             "templates": ("STRING", {"multiline": True, "default": DEFAULT_TEMPLATES,
-                                     "tooltip": "Prompt templates, one per line; '{}' is replaced by the label. The "
-                                                "label's embedding is the average over templates."}),
+                                     "tooltip": spec.TEMPLATES_TOOLTIP}),
             "top_k": ("INT", {"default": 3, "min": 1, "max": 100, "tooltip": "Labels shown per image in the table."}),
         }}
 
     @with_node_errors(DISPLAY)
     def run(self, lit_model, image: torch.Tensor, labels: str, templates: str, top_k: int = 3):
-        names = parse_lines(labels)
+        require_lit_model(lit_model)
+        names = split_prompts(labels, input_name="labels", fix="write one label per line (or ';'-separated).")
         check_interrupted()
         probs = classify(lit_model, image, names, templates).float().cpu()
         k = min(top_k, len(names))
@@ -64,7 +66,7 @@ class LiTZeroShotClassify:
         table = _table(rows, ["image", *[f"#{j + 1}" for j in range(k)]])
         data = {"labels": names, "images": per_image}
         return {"ui": {"text": [table], "lit_probs": [data]},
-                "result": ("\n".join(best), json.dumps(data), table)}
+                "result": ("\n".join(best), json.dumps(data, allow_nan=False), table)}
 
 
 class LiTScore:
@@ -84,19 +86,20 @@ class LiTScore:
             "lit_model": ("LIT_MODEL", {"tooltip": "A tuned LiT model."}),
             "image": ("IMAGE", {"tooltip": "Images to score."}),
             "prompts": ("STRING", {"multiline": True, "default": "a sharp, well-exposed photo\na blurry, dark photo",
-                                   "tooltip": "Prompts, one per line."}),
+                                   "tooltip": "Prompts, one per line (or ';'-separated)."}),
         }}
 
     @with_node_errors(DISPLAY)
     def run(self, lit_model, image: torch.Tensor, prompts: str):
-        names = parse_lines(prompts)
+        require_lit_model(lit_model)
+        names = split_prompts(prompts, input_name="prompts", fix="write one prompt per line (or ';'-separated).")
         check_interrupted()
         sims = score(lit_model, image, names).float().cpu()
         rows = [[str(i), *[f"{v:+.3f}" for v in row.tolist()]] for i, row in enumerate(sims[:MAX_TABLE_IMAGES])]
         table = _table(rows, ["image", *names])
         data = {"prompts": names, "scores": [[round(v, 6) for v in row] for row in sims.tolist()]}
         return {"ui": {"text": [table], "lit_scores": [data]},
-                "result": (json.dumps(data), table, float(sims[0, 0]))}
+                "result": (json.dumps(data, allow_nan=False), table, float(sims[0, 0]))}
 
 
 class LiTSelectImages:
@@ -121,9 +124,8 @@ class LiTSelectImages:
 
     @with_node_errors(DISPLAY)
     def run(self, lit_model, image: torch.Tensor, prompt: str, top_k: int = 1):
-        if image.dim() != 4:
-            raise LitError(f"expected an IMAGE batch [B,H,W,C], got {tuple(image.shape)}.", input_name="image",
-                           fix="connect an IMAGE output.")
+        require_lit_model(lit_model)
+        image = check_image_batch(image)
         idx, vals = rank(lit_model, image, prompt, top_k)
         picked = image[idx.to(image.device)]
         shown = ", ".join(f"#{i}: {v:+.3f}" for i, v in zip(idx.tolist(), vals.tolist(), strict=True))

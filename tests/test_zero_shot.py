@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from comfyui_lit.models.common.errors import LitError
-from comfyui_lit.models.retrieval import zero_shot
+from comfyui_lit.models.retrieval import spec, zero_shot
 from comfyui_lit.models.towers.text_tower import load_text_tower
 from comfyui_lit.models.tuning import demo_data
 from comfyui_lit.models.tuning.lit_model import LitModel
@@ -65,8 +65,30 @@ def test_template_ensemble_is_renormalised_mean_of_normalised_prompts():
         assert torch.allclose(got[i], want, atol=1e-6)
         assert not torch.allclose(got[i], single[0], atol=1e-3)  # ensembling really changed something
     assert torch.allclose(got.norm(dim=-1), torch.ones(2))
+    # no templates: the spec's (the same the nodes and the CLI default to)
     default = zero_shot.label_embeddings(model, ["red"], None)
-    assert torch.allclose(default[0], model.encode_text(["red"])[0])
+    spec_ones = zero_shot.label_embeddings(model, ["red"], list(spec.ZERO_SHOT_TEMPLATES))
+    assert torch.allclose(default, spec_ones)
+    plain = zero_shot.label_embeddings(model, ["red"], "{}")
+    assert torch.allclose(plain[0], model.encode_text(["red"])[0])
+
+
+def test_templates_are_defined_once_for_nodes_and_cli():
+    from comfyui_lit.cli import build_parser
+    from comfyui_lit.nodes.zero_shot import LiTZeroShotClassify
+
+    node_default = LiTZeroShotClassify.INPUT_TYPES()["required"]["templates"][1]["default"]
+    cli_default = build_parser().parse_args(["classify", "x.png", "--adapter", "a", "--labels", "a"]).templates
+    assert zero_shot.parse_templates(node_default) == zero_shot.parse_templates(cli_default) == list(
+        spec.ZERO_SHOT_TEMPLATES)
+    assert zero_shot.parse_templates(None) == list(spec.ZERO_SHOT_TEMPLATES)
+
+
+def test_labels_split_on_lines_and_semicolons_never_commas():
+    model = StandIn()
+    probs = zero_shot.classify(model, _solid((0.9, 0.1, 0.1)), 'red, bright; "blue; deep"\ngreen', "{}")
+    assert probs.shape == (1, 3)
+    assert model.calls[-1] == ["red, bright", "blue; deep", "green"]
 
 
 def test_score_and_rank():
