@@ -182,13 +182,6 @@ def main(argv: list[str] | None = None) -> int:
         args.images = min(args.images, 240)
     from _package import import_package  # bench/ is on sys.path when run as a script; tests import this file
 
-    try:  # torchvision built for another torch (this machine): make it importable, as the tests do
-        sys.path.insert(0, os.path.join(ROOT, "tests"))
-        from torchvision_cpu import import_torchvision_on_cpu_torch
-
-        import_torchvision_on_cpu_torch()
-    except ImportError:
-        pass
     import_package()
     import torch
 
