@@ -18,7 +18,8 @@ def import_package() -> None:
         return
     # The CLI's repair for a CUDA torchvision wheel next to a CPU torch (see cli/environment.py), loaded by path
     # because it must run before the pack (and transformers) is imported.
-    env_spec = importlib.util.spec_from_file_location("_lit_cli_environment", os.path.join(ROOT, "cli", "environment.py"))
+    env_file = os.path.join(ROOT, "cli", "environment.py")
+    env_spec = importlib.util.spec_from_file_location("_lit_cli_environment", env_file)
     env = importlib.util.module_from_spec(env_spec)
     env_spec.loader.exec_module(env)
     env.repair_torchvision_import()
