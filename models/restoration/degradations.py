@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..common.errors import LitError
+from .dct import dct_matrix
 
 # Noise-free observations are still 8-bit quantised; a floor keeps the data weight finite.
 SIGMA_FLOOR = 1.0 / 255.0
@@ -433,13 +434,6 @@ def jpeg_tables(quality: int) -> tuple[Tensor, Tensor]:
     return out[0], out[1]
 
 
-def _dct_matrix(n: int = 8) -> Tensor:
-    k = torch.arange(n, dtype=torch.float64)
-    d = torch.cos(math.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * math.sqrt(2 / n)
-    d[0] /= math.sqrt(2)
-    return d.float()
-
-
 _RGB2YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 
 
@@ -455,14 +449,14 @@ def _from_ycc(ycc: Tensor) -> Tensor:
 
 def _blocks(p: Tensor) -> Tensor:
     """``[N, H, W]`` (multiples of 8) -> block DCT coefficients ``[N, H/8, W/8, 8, 8]``."""
-    d = _dct_matrix().to(p.device)
+    d = dct_matrix(8).to(p.device)
     n, h, w = p.shape
     b = (p - 128).reshape(n, h // 8, 8, w // 8, 8).permute(0, 1, 3, 2, 4)
     return d @ b @ d.T
 
 
 def _unblocks(c: Tensor) -> Tensor:
-    d = _dct_matrix().to(c.device)
+    d = dct_matrix(8).to(c.device)
     n, bh, bw = c.shape[:3]
     return (d.T @ c @ d).permute(0, 1, 3, 2, 4).reshape(n, bh * 8, bw * 8) + 128
 
