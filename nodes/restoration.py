@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 from ..models.common.errors import LitError
+from ..models.common.validate import check_image_batch
 from ..models.restoration import degradations as deg
 from ..models.restoration.denoisers import DCTDenoiser, DiffusionDenoiser
+from ..models.restoration.priors import as_prior
 from ..models.restoration.sampler import restore, schedule_for
 from . import host
 from .host import (
@@ -23,6 +25,13 @@ RESTORE_TASKS = ["denoise", "deblur (gaussian)", "deblur (motion)", "inpaint", "
                  "upscale x4", "jpeg artifacts"]
 DAMAGE = ["noise", "poisson noise", "blur (gaussian)", "blur (motion)", "random pixels", "scratches",
           "downscale x2", "downscale x3", "downscale x4", "jpeg"]
+
+
+def _check_rgb(image) -> None:
+    if torch.is_tensor(image) and image.ndim == 4 and image.shape[-1] in (1, 2):
+        raise LitError(f"this image has {image.shape[-1]} channel(s); restoration needs 3 channels (RGB).",
+                       input_name="image", fix="convert it to RGB first (e.g. repeat the grey channel three times).")
+    check_image_batch(image, input_name="image", channels=(3, 4), min_size=8)
 
 
 def _kernel(task: str, blur_sigma: float, motion_length: float, motion_angle: float) -> torch.Tensor:
@@ -117,6 +126,10 @@ class LiTRestorationSampler:
                 "guidance": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.05,
                                        "tooltip": "Strength of the LiT guidance step (0 = off; needs a LiT "
                                                   "model and a prompt)."}),
+                "prior": ("UPSCALE_MODEL", {"tooltip": "Optional trained denoiser as the prior (from 'Load Upscale "
+                                                       "Model': DRUNet, FDnCNN/DnCNN, SCUNet, ...). Noise-level "
+                                                       "networks get each step's noise level; blind ones run at "
+                                                       "their own level."}),
                 "model": ("MODEL", {"tooltip": "Optional diffusion model used as the prior (x0 prediction at "
                                                "each noise level). Needs the VAE too."}),
                 "vae": ("VAE", {"tooltip": "The VAE that goes with the diffusion model."}),
@@ -130,9 +143,8 @@ class LiTRestorationSampler:
             strength: float, mask: torch.Tensor | None = None, blur_sigma: float = 2.0, motion_length: float = 9.0,
             motion_angle: float = 0.0, downsample: str = "bicubic", jpeg_quality: int = 0,
             poisson_gain: float = 0.0, stochastic: float = 0.0, lit_model=None, positive: str = "",
-            negative: str = "", guidance: float = 0.0, model=None, vae=None, conditioning=None):
-        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3:
-            raise LitError("expected an IMAGE [B,H,W,C].", input_name="image")
+            negative: str = "", guidance: float = 0.0, model=None, vae=None, conditioning=None, prior=None):
+        _check_rgb(image)
         check_interrupted()
         device = torch_device()
         y = image[..., :3].clone().float().permute(0, 3, 1, 2).to(device)
@@ -143,13 +155,18 @@ class LiTRestorationSampler:
         if (model is None) != (vae is None):
             raise LitError("a diffusion prior needs both MODEL and VAE.", input_name="vae" if vae is None else "model",
                            fix="connect both, or neither for the built-in prior.")
-        if model is not None:
+        if model is not None and prior is not None:
+            raise LitError("connect either a trained prior or a diffusion MODEL, not both.", input_name="prior",
+                           fix="disconnect one of them.")
+        if prior is not None:
+            denoiser = as_prior(prior, device)
+        elif model is not None:
             host.load_models_gpu([model])
             denoiser = DiffusionDenoiser(model, vae, conditioning)
         else:
             # one-shot denoising can afford BM3D's grouped Wiener pass; iterative tasks call the prior many times
             denoiser = DCTDenoiser(block_matching=degradation == "denoise")
-        n_steps = steps if steps > 0 else schedule_for(op).steps
+        n_steps = steps if steps > 0 else schedule_for(op, denoiser.trained).steps
         if lit_model is not None and guidance > 0:
             require_lit_model(lit_model)
         out = restore(op, denoiser, steps=n_steps, seed=seed, strength=strength, stochastic=stochastic,
@@ -157,7 +174,12 @@ class LiTRestorationSampler:
                       negative=[p for p in negative.splitlines() if p.strip()], guidance=guidance,
                       callback=progress_callback(n_steps, desc="LiT restore"))
         result = out.permute(0, 2, 3, 1).float().cpu().contiguous()
-        return {"ui": compare_ui(image[..., :3], result, "lit_restore"), "result": (result,)}
+        note = "prior: diffusion MODEL" if isinstance(denoiser, DiffusionDenoiser) else denoiser.note
+        report = f"{degradation}: {note}; {n_steps} steps"
+        print(f"[LiT Restoration Sampler] {report}")
+        ui = compare_ui(image[..., :3], result, "lit_restore")
+        ui["text"] = [report]
+        return {"ui": ui, "result": (result,)}
 
 
 class LiTDegrade:
@@ -211,8 +233,7 @@ class LiTDegrade:
             motion_length: float = 9.0, motion_angle: float = 0.0, fraction: float = 0.5, scratches: int = 6,
             scratch_width: float = 3.0, downsample: str = "bicubic", jpeg_quality: int = 10,
             poisson_gain: float = 5.0):
-        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3:
-            raise LitError("expected an IMAGE [B,H,W,C].", input_name="image")
+        _check_rgb(image)
         if noise_sigma < 0:
             raise LitError("the noise level must be >= 0.", input_name="noise_sigma")
         gen = torch.Generator().manual_seed(int(seed))

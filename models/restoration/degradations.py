@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..common.errors import LitError
+from ..common.validate import check_finite
 from .dct import dct_matrix
 
 # Noise-free observations are still 8-bit quantised; a floor keeps the data weight finite.
@@ -46,6 +47,9 @@ def check_image(x: Tensor, name: str = "image") -> None:
     if x.shape[-1] < 8 or x.shape[-2] < 8:
         raise LitError(f"the image is too small ({x.shape[-2]}x{x.shape[-1]}); restoration needs at least 8x8.",
                        input_name=name, fix="use a larger image.")
+    # one NaN pixel would crash block matching or spread through every FFT step to the whole output
+    check_finite(x, input_name=name, what="pixel values",
+                 fix="the image has NaN/infinite pixels: fix the node that made it (e.g. clamp its output to 0..1).")
 
 
 def as_sigma(sigma: float | Tensor, batch: int, device: torch.device, name: str = "sigma") -> Tensor:
