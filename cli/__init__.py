@@ -7,6 +7,7 @@
         --checkpoint-dir ckpt --checkpoint-every 500 --resume                            # scale-out, resumable
     python -m comfyui_lit classify IMAGES... --adapter a.safetensors --labels "cat,dog"
     python -m comfyui_lit score IMAGES... --adapter a.safetensors --prompts "a cat;a dog"
+    python -m comfyui_lit restore IMAGE --task denoise --prior ffdnet.safetensors --out OUT.png
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import argparse
 import sys
 
 from ..models.common.errors import LitError
-from . import tuning, zero_shot
+from . import restoration, tuning, zero_shot
 
 # One module per feature; each adds its subcommands.
-COMMANDS = [tuning, zero_shot]
+COMMANDS = [tuning, zero_shot, restoration]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from ..models.restoration import degradations as deg
 from ..models.restoration.denoisers import DCTDenoiser, DiffusionDenoiser
 from ..models.restoration.priors import as_prior
 from ..models.restoration.sampler import restore, schedule_for
+from ..models.restoration.tasks import DAMAGE, RESTORE_TASKS, build_operator, kernel_for
 from . import host
 from .host import (
     CATEGORY,
@@ -21,49 +22,12 @@ from .host import (
     with_node_errors,
 )
 
-RESTORE_TASKS = ["denoise", "deblur (gaussian)", "deblur (motion)", "inpaint", "upscale x2", "upscale x3",
-                 "upscale x4", "jpeg artifacts"]
-DAMAGE = ["noise", "poisson noise", "blur (gaussian)", "blur (motion)", "random pixels", "scratches",
-          "downscale x2", "downscale x3", "downscale x4", "jpeg"]
-
 
 def _check_rgb(image) -> None:
     if torch.is_tensor(image) and image.ndim == 4 and image.shape[-1] in (1, 2):
         raise LitError(f"this image has {image.shape[-1]} channel(s); restoration needs 3 channels (RGB).",
                        input_name="image", fix="convert it to RGB first (e.g. repeat the grey channel three times).")
     check_image_batch(image, input_name="image", channels=(3, 4), min_size=8)
-
-
-def _kernel(task: str, blur_sigma: float, motion_length: float, motion_angle: float) -> torch.Tensor:
-    if "motion" in task:
-        return deg.motion_kernel(motion_length, motion_angle)
-    return deg.gaussian_kernel(blur_sigma)
-
-
-def build_operator(task: str, y: torch.Tensor, *, noise_sigma: float = 0.0, poisson_gain: float = 0.0,
-                   blur_sigma: float = 2.0, motion_length: float = 9.0, motion_angle: float = 0.0,
-                   mask: torch.Tensor | None = None, downsample: str = "bicubic",
-                   jpeg_quality: int = 0) -> deg.Degradation:
-    """The degradation operator for one of :data:`RESTORE_TASKS` (noise levels in 0..255 units, 0 = estimate)."""
-    if noise_sigma < 0:
-        raise LitError("the noise level must be >= 0 (0 = estimate it from the image).", input_name="noise_sigma")
-    sigma = noise_sigma / 255.0 if noise_sigma > 0 else None
-    if task == "denoise":
-        return deg.Denoise(y, sigma, gain=poisson_gain / 255.0)
-    if task.startswith("deblur"):
-        return deg.Deblur(y, _kernel(task, blur_sigma, motion_length, motion_angle),
-                          sigma if sigma is not None else deg.SIGMA_FLOOR)
-    if task == "inpaint":
-        if mask is None:
-            raise LitError("inpainting needs a mask (white = missing).", input_name="mask",
-                           fix="connect a MASK, e.g. from 'LiT Degrade' or a mask editor.")
-        return deg.Inpaint(y, mask, sigma)
-    if task.startswith("upscale"):
-        return deg.Upscale(y, int(task[-1]), downsample, sigma)
-    if task == "jpeg artifacts":
-        return deg.JPEG(y, jpeg_quality if jpeg_quality > 0 else None)
-    raise LitError(f"unknown restoration task '{task}'.", input_name="degradation",
-                   fix=f"choose one of {', '.join(RESTORE_TASKS)}.")
 
 
 class LiTRestorationSampler:
@@ -245,7 +209,7 @@ class LiTDegrade:
             gain = poisson_gain / 255.0 if damage == "poisson noise" else 0.0
             x = deg.add_noise(x, sigma, gain, gen)
         elif damage.startswith("blur"):
-            x = deg.Deblur(x, _kernel(damage, blur_sigma, motion_length, motion_angle)).apply(x)
+            x = deg.Deblur(x, kernel_for(damage, blur_sigma, motion_length, motion_angle)).apply(x)
             x = deg.add_noise(x, sigma, 0.0, gen) if sigma > 0 else x
         elif damage in ("random pixels", "scratches"):
             if damage == "random pixels":

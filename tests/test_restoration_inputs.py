@@ -73,3 +73,25 @@ def test_node_runs_an_upscale_model_prior_and_says_so():
         with pytest.raises(LitError, match="not both"):
             LiTRestorationSampler().run(img, "denoise", 10.0, steps=1, seed=0, strength=1.0, prior=desc,
                                         model=object(), vae=object())
+
+
+def test_cli_restore_with_an_ffdnet_prior(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from comfyui_lit.cli import main
+    from comfyui_lit.models.restoration.ffdnet import FFDNet
+
+    net = FFDNet(in_nc=3, nc=8, depth=3)
+    save_file(net.state_dict(), str(tmp_path / "f.safetensors"), metadata={"architecture": "FFDNet"})
+    Image.fromarray((_image()[0].numpy() * 255).astype(np.uint8)).save(tmp_path / "in.png")
+    out = tmp_path / "out.png"
+    assert main(["restore", str(tmp_path / "in.png"), "--task", "upscale x2", "--prior",
+                 str(tmp_path / "f.safetensors"), "--out", str(out)]) == 0
+    assert Image.open(out).size == (96, 80) and "FFDNet" in capsys.readouterr().out
+    assert main(["restore", str(tmp_path / "in.png"), "--out", str(out)]) == 2  # exists: refused
+    torch.save(net.state_dict(), tmp_path / "f.pth")
+    assert main(["restore", str(tmp_path / "in.png"), "--prior", str(tmp_path / "f.pth"), "--out",
+                 str(tmp_path / "o2.png")]) == 2
+    assert "pickled" in capsys.readouterr().err
