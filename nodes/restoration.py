@@ -10,7 +10,7 @@ from ..models.restoration import degradations as deg
 from ..models.restoration.denoisers import DCTDenoiser, DiffusionDenoiser
 from ..models.restoration.priors import as_prior
 from ..models.restoration.sampler import restore, schedule_for
-from ..models.restoration.tasks import DAMAGE, RESTORE_TASKS, build_operator, kernel_for
+from ..models.restoration.tasks import DAMAGE, DAMAGES, RESTORE_TASKS, build_operator, kernel_for
 from . import host
 from .host import (
     CATEGORY,
@@ -205,27 +205,28 @@ class LiTDegrade:
         b, _, h, w = x.shape
         mask = torch.zeros(b, h, w)
         sigma = noise_sigma / 255.0
-        if damage in ("noise", "poisson noise"):
-            gain = poisson_gain / 255.0 if damage == "poisson noise" else 0.0
+        if damage not in DAMAGES:
+            raise LitError(f"unknown damage '{damage}'.", input_name="damage", fix=f"choose one of {DAMAGE}.")
+        kind, param = DAMAGES[damage]
+        if kind == "noise":
+            gain = poisson_gain / 255.0 if param == "poisson" else 0.0
             x = deg.add_noise(x, sigma, gain, gen)
-        elif damage.startswith("blur"):
+        elif kind == "blur":
             x = deg.Deblur(x, kernel_for(damage, blur_sigma, motion_length, motion_angle)).apply(x)
             x = deg.add_noise(x, sigma, 0.0, gen) if sigma > 0 else x
-        elif damage in ("random pixels", "scratches"):
-            if damage == "random pixels":
+        elif kind == "mask":
+            if param == "random":
                 mask = deg.random_mask((b, h, w), fraction, gen)
             else:
                 mask = deg.scratch_mask((b, h, w), scratches, scratch_width, gen)
             x = x * (1 - mask[:, None])
-        elif damage.startswith("downscale"):
-            x = deg.downscale(x, int(damage[-1]), downsample)
+        elif kind == "downscale":
+            x = deg.downscale(x, int(param), downsample)
             x = deg.add_noise(x, sigma, 0.0, gen) if sigma > 0 else x
             mask = torch.zeros(b, x.shape[-2], x.shape[-1])
-        elif damage == "jpeg":
-            x = deg.jpeg_compress(x, jpeg_quality)
         else:
-            raise LitError(f"unknown damage '{damage}'.", input_name="damage", fix=f"choose one of {DAMAGE}.")
-        if damage != "jpeg":
+            x = deg.jpeg_compress(x, jpeg_quality)
+        if kind != "jpeg":
             x = (x.clamp(0, 1) * 255).round() / 255  # what saving it as a PNG would keep
         return (x.permute(0, 2, 3, 1).contiguous(), mask)
 
