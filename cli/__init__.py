@@ -10,6 +10,7 @@
     python -m comfyui_lit tag FOLDER --adapter a.safetensors --vocabulary-file tags.txt --write   # LoRA captions
     python -m comfyui_lit caption FOLDER --adapter a.safetensors --candidates "a photo of {tags}" --vocabulary "dog;sky"
     python -m comfyui_lit search FOLDER --adapter a.safetensors --query "a red car" --like ref.png -k 10
+    python -m comfyui_lit restore IMAGE --task denoise --prior ffdnet.safetensors --out OUT.png
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from .environment import repair_torchvision_import
 repair_torchvision_import()  # before transformers is imported anywhere
 
 from ..models.common.errors import LitError  # noqa: E402
-from . import attention, retrieval, tuning, zero_shot  # noqa: E402
+from . import attention, restoration, retrieval, tuning, zero_shot  # noqa: E402
 
 # One module per feature; each adds its subcommands.
-COMMANDS = [tuning, zero_shot, retrieval, attention]
+COMMANDS = [tuning, zero_shot, retrieval, restoration, attention]
 
 
 def build_parser() -> argparse.ArgumentParser:

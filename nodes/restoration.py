@@ -5,9 +5,12 @@ from __future__ import annotations
 import torch
 
 from ..models.common.errors import LitError
+from ..models.common.validate import check_image_batch
 from ..models.restoration import degradations as deg
 from ..models.restoration.denoisers import DCTDenoiser, DiffusionDenoiser
+from ..models.restoration.priors import as_prior
 from ..models.restoration.sampler import restore, schedule_for
+from ..models.restoration.tasks import DAMAGE, DAMAGES, RESTORE_TASKS, build_operator, kernel_for
 from . import host
 from .host import (
     CATEGORY,
@@ -19,42 +22,12 @@ from .host import (
     with_node_errors,
 )
 
-RESTORE_TASKS = ["denoise", "deblur (gaussian)", "deblur (motion)", "inpaint", "upscale x2", "upscale x3",
-                 "upscale x4", "jpeg artifacts"]
-DAMAGE = ["noise", "poisson noise", "blur (gaussian)", "blur (motion)", "random pixels", "scratches",
-          "downscale x2", "downscale x3", "downscale x4", "jpeg"]
 
-
-def _kernel(task: str, blur_sigma: float, motion_length: float, motion_angle: float) -> torch.Tensor:
-    if "motion" in task:
-        return deg.motion_kernel(motion_length, motion_angle)
-    return deg.gaussian_kernel(blur_sigma)
-
-
-def build_operator(task: str, y: torch.Tensor, *, noise_sigma: float = 0.0, poisson_gain: float = 0.0,
-                   blur_sigma: float = 2.0, motion_length: float = 9.0, motion_angle: float = 0.0,
-                   mask: torch.Tensor | None = None, downsample: str = "bicubic",
-                   jpeg_quality: int = 0) -> deg.Degradation:
-    """The degradation operator for one of :data:`RESTORE_TASKS` (noise levels in 0..255 units, 0 = estimate)."""
-    if noise_sigma < 0:
-        raise LitError("the noise level must be >= 0 (0 = estimate it from the image).", input_name="noise_sigma")
-    sigma = noise_sigma / 255.0 if noise_sigma > 0 else None
-    if task == "denoise":
-        return deg.Denoise(y, sigma, gain=poisson_gain / 255.0)
-    if task.startswith("deblur"):
-        return deg.Deblur(y, _kernel(task, blur_sigma, motion_length, motion_angle),
-                          sigma if sigma is not None else deg.SIGMA_FLOOR)
-    if task == "inpaint":
-        if mask is None:
-            raise LitError("inpainting needs a mask (white = missing).", input_name="mask",
-                           fix="connect a MASK, e.g. from 'LiT Degrade' or a mask editor.")
-        return deg.Inpaint(y, mask, sigma)
-    if task.startswith("upscale"):
-        return deg.Upscale(y, int(task[-1]), downsample, sigma)
-    if task == "jpeg artifacts":
-        return deg.JPEG(y, jpeg_quality if jpeg_quality > 0 else None)
-    raise LitError(f"unknown restoration task '{task}'.", input_name="degradation",
-                   fix=f"choose one of {', '.join(RESTORE_TASKS)}.")
+def _check_rgb(image) -> None:
+    if torch.is_tensor(image) and image.ndim == 4 and image.shape[-1] in (1, 2):
+        raise LitError(f"this image has {image.shape[-1]} channel(s); restoration needs 3 channels (RGB).",
+                       input_name="image", fix="convert it to RGB first (e.g. repeat the grey channel three times).")
+    check_image_batch(image, input_name="image", channels=(3, 4), min_size=8)
 
 
 class LiTRestorationSampler:
@@ -117,6 +90,10 @@ class LiTRestorationSampler:
                 "guidance": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.05,
                                        "tooltip": "Strength of the LiT guidance step (0 = off; needs a LiT "
                                                   "model and a prompt)."}),
+                "prior": ("UPSCALE_MODEL", {"tooltip": "Optional trained denoiser as the prior (from 'Load Upscale "
+                                                       "Model': DRUNet, FDnCNN/DnCNN, SCUNet, ...). Noise-level "
+                                                       "networks get each step's noise level; blind ones run at "
+                                                       "their own level."}),
                 "model": ("MODEL", {"tooltip": "Optional diffusion model used as the prior (x0 prediction at "
                                                "each noise level). Needs the VAE too."}),
                 "vae": ("VAE", {"tooltip": "The VAE that goes with the diffusion model."}),
@@ -130,9 +107,8 @@ class LiTRestorationSampler:
             strength: float, mask: torch.Tensor | None = None, blur_sigma: float = 2.0, motion_length: float = 9.0,
             motion_angle: float = 0.0, downsample: str = "bicubic", jpeg_quality: int = 0,
             poisson_gain: float = 0.0, stochastic: float = 0.0, lit_model=None, positive: str = "",
-            negative: str = "", guidance: float = 0.0, model=None, vae=None, conditioning=None):
-        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3:
-            raise LitError("expected an IMAGE [B,H,W,C].", input_name="image")
+            negative: str = "", guidance: float = 0.0, model=None, vae=None, conditioning=None, prior=None):
+        _check_rgb(image)
         check_interrupted()
         device = torch_device()
         y = image[..., :3].clone().float().permute(0, 3, 1, 2).to(device)
@@ -143,13 +119,18 @@ class LiTRestorationSampler:
         if (model is None) != (vae is None):
             raise LitError("a diffusion prior needs both MODEL and VAE.", input_name="vae" if vae is None else "model",
                            fix="connect both, or neither for the built-in prior.")
-        if model is not None:
+        if model is not None and prior is not None:
+            raise LitError("connect either a trained prior or a diffusion MODEL, not both.", input_name="prior",
+                           fix="disconnect one of them.")
+        if prior is not None:
+            denoiser = as_prior(prior, device)
+        elif model is not None:
             host.load_models_gpu([model])
             denoiser = DiffusionDenoiser(model, vae, conditioning)
         else:
             # one-shot denoising can afford BM3D's grouped Wiener pass; iterative tasks call the prior many times
             denoiser = DCTDenoiser(block_matching=degradation == "denoise")
-        n_steps = steps if steps > 0 else schedule_for(op).steps
+        n_steps = steps if steps > 0 else schedule_for(op, denoiser.trained).steps
         if lit_model is not None and guidance > 0:
             require_lit_model(lit_model)
         out = restore(op, denoiser, steps=n_steps, seed=seed, strength=strength, stochastic=stochastic,
@@ -157,7 +138,12 @@ class LiTRestorationSampler:
                       negative=[p for p in negative.splitlines() if p.strip()], guidance=guidance,
                       callback=progress_callback(n_steps, desc="LiT restore"))
         result = out.permute(0, 2, 3, 1).float().cpu().contiguous()
-        return {"ui": compare_ui(image[..., :3], result, "lit_restore"), "result": (result,)}
+        note = "prior: diffusion MODEL" if isinstance(denoiser, DiffusionDenoiser) else denoiser.note
+        report = f"{degradation}: {note}; {n_steps} steps"
+        print(f"[LiT Restoration Sampler] {report}")
+        ui = compare_ui(image[..., :3], result, "lit_restore")
+        ui["text"] = [report]
+        return {"ui": ui, "result": (result,)}
 
 
 class LiTDegrade:
@@ -211,8 +197,7 @@ class LiTDegrade:
             motion_length: float = 9.0, motion_angle: float = 0.0, fraction: float = 0.5, scratches: int = 6,
             scratch_width: float = 3.0, downsample: str = "bicubic", jpeg_quality: int = 10,
             poisson_gain: float = 5.0):
-        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3:
-            raise LitError("expected an IMAGE [B,H,W,C].", input_name="image")
+        _check_rgb(image)
         if noise_sigma < 0:
             raise LitError("the noise level must be >= 0.", input_name="noise_sigma")
         gen = torch.Generator().manual_seed(int(seed))
@@ -220,27 +205,28 @@ class LiTDegrade:
         b, _, h, w = x.shape
         mask = torch.zeros(b, h, w)
         sigma = noise_sigma / 255.0
-        if damage in ("noise", "poisson noise"):
-            gain = poisson_gain / 255.0 if damage == "poisson noise" else 0.0
+        if damage not in DAMAGES:
+            raise LitError(f"unknown damage '{damage}'.", input_name="damage", fix=f"choose one of {DAMAGE}.")
+        kind, param = DAMAGES[damage]
+        if kind == "noise":
+            gain = poisson_gain / 255.0 if param == "poisson" else 0.0
             x = deg.add_noise(x, sigma, gain, gen)
-        elif damage.startswith("blur"):
-            x = deg.Deblur(x, _kernel(damage, blur_sigma, motion_length, motion_angle)).apply(x)
+        elif kind == "blur":
+            x = deg.Deblur(x, kernel_for(damage, blur_sigma, motion_length, motion_angle)).apply(x)
             x = deg.add_noise(x, sigma, 0.0, gen) if sigma > 0 else x
-        elif damage in ("random pixels", "scratches"):
-            if damage == "random pixels":
+        elif kind == "mask":
+            if param == "random":
                 mask = deg.random_mask((b, h, w), fraction, gen)
             else:
                 mask = deg.scratch_mask((b, h, w), scratches, scratch_width, gen)
             x = x * (1 - mask[:, None])
-        elif damage.startswith("downscale"):
-            x = deg.downscale(x, int(damage[-1]), downsample)
+        elif kind == "downscale":
+            x = deg.downscale(x, int(param), downsample)
             x = deg.add_noise(x, sigma, 0.0, gen) if sigma > 0 else x
             mask = torch.zeros(b, x.shape[-2], x.shape[-1])
-        elif damage == "jpeg":
-            x = deg.jpeg_compress(x, jpeg_quality)
         else:
-            raise LitError(f"unknown damage '{damage}'.", input_name="damage", fix=f"choose one of {DAMAGE}.")
-        if damage != "jpeg":
+            x = deg.jpeg_compress(x, jpeg_quality)
+        if kind != "jpeg":
             x = (x.clamp(0, 1) * 255).round() / 255  # what saving it as a PNG would keep
         return (x.permute(0, 2, 3, 1).contiguous(), mask)
 

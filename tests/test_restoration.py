@@ -182,6 +182,17 @@ def test_estimate_sigma():
 # ------------------------------------------------------------------------------------------- Gaussian posterior
 
 
+class GaussianPriorDenoiser(DN.Denoiser):
+    """The exact MMSE denoiser of an i.i.d. Gaussian prior ``N(mean, tau^2)``: a reference the sampler must match."""
+
+    def __init__(self, mean: float, tau: float) -> None:
+        self.mean, self.tau = mean, float(tau)
+
+    def __call__(self, x, sigma, generator=None):
+        s2 = DN.sigma_vec(sigma, x.shape[0], x.device).view(-1, 1, 1, 1) ** 2
+        return (self.tau ** 2 * x + s2 * self.mean) / (self.tau ** 2 + s2)
+
+
 def _toy(seed=0):
     mu, tau, sn = 0.5, 0.1, 0.05
     g = _gen(seed)
@@ -193,7 +204,7 @@ def test_gaussian_prior_posterior_mean_denoise():
     mu, tau, sn, x, g = _toy()
     y = x + sn * torch.randn(x.shape, generator=g)
     post = (tau ** 2 * y + sn ** 2 * mu) / (tau ** 2 + sn ** 2)
-    prior = DN.GaussianPriorDenoiser(mu, tau)
+    prior = GaussianPriorDenoiser(mu, tau)
     one = restore(D.Denoise(y, sn), prior)  # DPIR's denoising step: the MMSE denoiser at sigma_n
     assert (one - post).abs().max() < 1e-5
     long = restore(D.Denoise(y, sn), prior, steps=200, sigma_max=0.5, sigma_min=1e-3, lam=1.0)
@@ -207,7 +218,7 @@ def test_gaussian_prior_posterior_mean_denoise():
 
 def test_gaussian_prior_posterior_mean_inpaint_and_deblur():
     mu, tau, sn, x, g = _toy(1)
-    prior = DN.GaussianPriorDenoiser(mu, tau)
+    prior = GaussianPriorDenoiser(mu, tau)
     mask = (torch.rand(1, 8, 8, generator=g) < 0.4).float()
     y = x + sn * torch.randn(x.shape, generator=g)
     post = (tau ** 2 * y + sn ** 2 * mu) / (tau ** 2 + sn ** 2) * (1 - mask[:, None]) + mu * mask[:, None]
@@ -316,27 +327,6 @@ def test_diffusion_denoiser_rejects_non_models():
         DN.DiffusionDenoiser(object(), _StandInVAE())
     with pytest.raises(LitError, match="VAE"):
         DN.DiffusionDenoiser(_StandInPatcher(_StandInModel(0, 1)), object())
-
-
-def test_network_denoiser_safetensors(tmp_path):
-    from safetensors.torch import save_file
-
-    def build():
-        return torch.nn.Conv2d(4, 3, 3, padding=1)
-
-    net = build()
-    save_file(net.state_dict(), str(tmp_path / "net.safetensors"))
-    den = DN.NetworkDenoiser.from_safetensors(str(tmp_path / "net.safetensors"), build)
-    x = _rand((1, 3, 20, 20), 12)
-    with torch.no_grad():
-        ref = net(torch.cat([x, torch.full((1, 1, 20, 20), 0.1)], 1))
-    assert torch.allclose(den(x, 0.1), ref, atol=1e-5)
-    torch.save(net.state_dict(), tmp_path / "net.pt")
-    with pytest.raises(LitError, match="safetensors"):
-        DN.NetworkDenoiser.from_safetensors(str(tmp_path / "net.pt"), build)
-    with pytest.raises(LitError, match="do not fit"):
-        DN.NetworkDenoiser.from_safetensors(str(tmp_path / "net.safetensors"),
-                                            lambda: torch.nn.Conv2d(3, 3, 3, padding=1))
 
 
 def test_tiling_matches_whole_image(photos):

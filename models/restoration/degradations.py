@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..common.errors import LitError
+from ..common.validate import check_finite
+from .dct import dct_matrix
 
 # Noise-free observations are still 8-bit quantised; a floor keeps the data weight finite.
 SIGMA_FLOOR = 1.0 / 255.0
@@ -45,6 +47,9 @@ def check_image(x: Tensor, name: str = "image") -> None:
     if x.shape[-1] < 8 or x.shape[-2] < 8:
         raise LitError(f"the image is too small ({x.shape[-2]}x{x.shape[-1]}); restoration needs at least 8x8.",
                        input_name=name, fix="use a larger image.")
+    # one NaN pixel would crash block matching or spread through every FFT step to the whole output
+    check_finite(x, input_name=name, what="pixel values",
+                 fix="the image has NaN/infinite pixels: fix the node that made it (e.g. clamp its output to 0..1).")
 
 
 def as_sigma(sigma: float | Tensor, batch: int, device: torch.device, name: str = "sigma") -> Tensor:
@@ -433,13 +438,6 @@ def jpeg_tables(quality: int) -> tuple[Tensor, Tensor]:
     return out[0], out[1]
 
 
-def _dct_matrix(n: int = 8) -> Tensor:
-    k = torch.arange(n, dtype=torch.float64)
-    d = torch.cos(math.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * math.sqrt(2 / n)
-    d[0] /= math.sqrt(2)
-    return d.float()
-
-
 _RGB2YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 
 
@@ -455,14 +453,14 @@ def _from_ycc(ycc: Tensor) -> Tensor:
 
 def _blocks(p: Tensor) -> Tensor:
     """``[N, H, W]`` (multiples of 8) -> block DCT coefficients ``[N, H/8, W/8, 8, 8]``."""
-    d = _dct_matrix().to(p.device)
+    d = dct_matrix(8).to(p.device)
     n, h, w = p.shape
     b = (p - 128).reshape(n, h // 8, 8, w // 8, 8).permute(0, 1, 3, 2, 4)
     return d @ b @ d.T
 
 
 def _unblocks(c: Tensor) -> Tensor:
-    d = _dct_matrix().to(c.device)
+    d = dct_matrix(8).to(c.device)
     n, bh, bw = c.shape[:3]
     return (d.T @ c @ d).permute(0, 1, 3, 2, 4).reshape(n, bh * 8, bw * 8) + 128
 

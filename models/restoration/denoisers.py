@@ -6,25 +6,25 @@
   space, hard thresholding then an empirical Wiener pass guided by the first estimate (the two stages of BM3D,
   without the block matching), vectorised with ``unfold``/``fold`` on the image's device.
 * :class:`DiffusionDenoiser`: a ComfyUI diffusion ``MODEL`` (+ ``VAE``) used as an x0 predictor, by duck typing.
-* :class:`NetworkDenoiser`: a learned restoration network whose weights come from ``.safetensors``.
+* :class:`~.priors.NetworkPrior`: a trained denoiser (FFDNet, or a spandrel network such as DRUNet), in priors.py.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..common.errors import LitError
+from .dct import dct_matrix
 from .tiling import tiled
 
 
-def _sigma_vec(sigma: float | Tensor, batch: int, device: torch.device) -> Tensor:
+def sigma_vec(sigma: float | Tensor, batch: int, device: torch.device) -> Tensor:
+    """One noise level per image ``[B]`` from a float or a tensor."""
     s = torch.as_tensor(sigma, dtype=torch.float32, device=device).flatten()
     if s.numel() == 1:
         s = s.expand(batch)
@@ -38,6 +38,8 @@ class Denoiser:
     re-noise in latent space), so the sampler hands it the current clean estimate instead of a noisy image."""
 
     wants_clean_input: bool = False
+    trained: bool = False  # a trained network: the sampler uses DPIR's schedules instead of the classical ones
+    note: str = "prior: built-in DCT denoiser (no network)"
 
     def __call__(self, x: Tensor, sigma: float | Tensor, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
@@ -52,10 +54,8 @@ _OPPONENT = torch.tensor([[1 / math.sqrt(3)] * 3,
 
 
 def _dct2_basis(p: int) -> Tensor:
-    k = torch.arange(p, dtype=torch.float64)
-    d = torch.cos(math.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * p)) * math.sqrt(2 / p)
-    d[0] /= math.sqrt(2)
-    return torch.kron(d, d).float()  # acts on row-major flattened p x p patches
+    d = dct_matrix(p)
+    return torch.kron(d, d)  # acts on row-major flattened p x p patches
 
 
 class DCTDenoiser(Denoiser):
@@ -82,7 +82,7 @@ class DCTDenoiser(Denoiser):
         return self._basis[key]
 
     def __call__(self, x: Tensor, sigma: float | Tensor, generator: torch.Generator | None = None) -> Tensor:
-        s = _sigma_vec(sigma, x.shape[0], x.device)
+        s = sigma_vec(sigma, x.shape[0], x.device)
         out = torch.empty_like(x, dtype=torch.float32)
         for i in range(x.shape[0]):  # one image at a time keeps the patch stacks small
             xi = x[i:i + 1].float()
@@ -167,7 +167,7 @@ class DCTDenoiser(Denoiser):
         mx = rx[None, :, None] + off[best][..., 1]
         flat = my * wp + mx  # [B, L, K] patch index in the unfold order
         k2 = self._k(v.device, v.dtype)
-        kg = _dct2_basis_1d(best.shape[-1]).to(v.device, v.dtype)
+        kg = dct_matrix(best.shape[-1]).to(v.device, v.dtype)
         out = torch.zeros_like(v)
         acc = torch.zeros(b, 1, h * w, device=v.device, dtype=v.dtype)
         py, px = torch.meshgrid(torch.arange(p, device=v.device), torch.arange(p, device=v.device), indexing="ij")
@@ -189,25 +189,6 @@ class DCTDenoiser(Denoiser):
         covered = acc > 0
         res = torch.where(covered.view(b, 1, h, w), out / acc.clamp_min(1e-12).view(b, 1, h, w), pilot)
         return res
-
-
-def _dct2_basis_1d(n: int) -> Tensor:
-    k = torch.arange(n, dtype=torch.float64)
-    d = torch.cos(math.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * math.sqrt(2 / n)
-    d[0] /= math.sqrt(2)
-    return d.float()
-
-
-class GaussianPriorDenoiser(Denoiser):
-    """The exact MMSE denoiser of an i.i.d. Gaussian prior ``N(mean, tau^2)``: a reference for tests."""
-
-    def __init__(self, mean: float | Tensor, tau: float) -> None:
-        self.mean, self.tau = mean, float(tau)
-
-    def __call__(self, x: Tensor, sigma: float | Tensor, generator: torch.Generator | None = None) -> Tensor:
-        s2 = _sigma_vec(sigma, x.shape[0], x.device).view(-1, 1, 1, 1) ** 2
-        t2 = self.tau ** 2
-        return (t2 * x + s2 * self.mean) / (t2 + s2)
 
 
 # ----------------------------------------------------------------------------------------------- diffusion
@@ -274,7 +255,7 @@ class DiffusionDenoiser(Denoiser):
 
     def __call__(self, x: Tensor, sigma: float | Tensor, generator: torch.Generator | None = None) -> Tensor:
         b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
-        s = _sigma_vec(sigma, b, x.device)
+        s = sigma_vec(sigma, b, x.device)
         # VAEs downsample by 8: pad (edge-replicated) to a multiple, crop after decoding
         pixels = F.pad(x.clamp(0, 1), (0, -w % 8, 0, -h % 8), mode="replicate").permute(0, 2, 3, 1)
         latent = self.inner.process_latent_in(self.vae.encode(pixels[..., :3]))
@@ -292,45 +273,3 @@ class DiffusionDenoiser(Denoiser):
         if img.shape[-2:] != x.shape[-2:]:
             img = F.interpolate(img, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return img
-
-
-# ----------------------------------------------------------------------------------------------- learned
-
-
-class NetworkDenoiser(Denoiser):
-    """A learned restoration network ``net(x) -> x0`` (or ``net(cat[x, sigma map]) -> x0`` with ``noise_map``,
-    the DRUNet/FFDNet convention). Weights come from ``.safetensors`` only: pickled checkpoints can run code."""
-
-    def __init__(self, net: nn.Module, noise_map: bool = True, tile: int = 512) -> None:
-        self.net = net.eval().requires_grad_(False)
-        self.noise_map, self.tile = noise_map, tile
-
-    @classmethod
-    def from_safetensors(cls, path: str, build: Callable[[], nn.Module], noise_map: bool = True,
-                         device: torch.device | str | None = None) -> NetworkDenoiser:
-        ext = os.path.splitext(path)[1].lower()
-        if ext not in (".safetensors", ".sft"):
-            raise LitError(f"'{os.path.basename(path)}' is not a .safetensors file; pickled weights "
-                           "(.pt/.pth/.ckpt/.bin) are refused because loading them can run arbitrary code.",
-                           input_name="denoiser", fix="convert the weights to .safetensors.")
-        from safetensors.torch import load_file
-
-        net = build()
-        try:
-            net.load_state_dict(load_file(path, device="cpu"), strict=True)
-        except RuntimeError as err:
-            raise LitError(f"the weights in '{os.path.basename(path)}' do not fit this network: {err}",
-                           input_name="denoiser") from err
-        return cls(net.to(device) if device is not None else net, noise_map=noise_map)
-
-    def __call__(self, x: Tensor, sigma: float | Tensor, generator: torch.Generator | None = None) -> Tensor:
-        s = _sigma_vec(sigma, x.shape[0], x.device).view(-1, 1, 1, 1)
-        dev = next(self.net.parameters()).device
-
-        def run(t: Tensor) -> Tensor:
-            inp = t.to(dev)
-            if self.noise_map:
-                inp = torch.cat([inp, s.to(dev).expand(-1, 1, *t.shape[-2:])], 1)
-            return self.net(inp).to(t.device, torch.float32)
-
-        return tiled(run, x.float(), self.tile, 32)

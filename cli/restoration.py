@@ -1,0 +1,82 @@
+"""``restore`` and ``restore-convert``: the Restoration Sampler on image files, and FFDNet's weights to safetensors.
+
+    python -m comfyui_lit restore-convert FFDNet_color.mat --out ffdnet_color.safetensors
+    python -m comfyui_lit restore noisy.png --task denoise --sigma 25 --prior ffdnet_color.safetensors --out a.png
+    python -m comfyui_lit restore small.png --task "upscale x4" --prior ffdnet_color.safetensors --out big.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import torch
+
+from ..models.common.errors import LitError
+from ..models.restoration.tasks import RESTORE_TASKS
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ..models.restoration.ffdnet import convert_mat
+
+    print(convert_mat(args.mat, args.out))
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from ..models.restoration.denoisers import DCTDenoiser
+    from ..models.restoration.priors import load_prior
+    from ..models.restoration.sampler import restore, schedule_for
+    from ..models.restoration.tasks import build_operator
+    from .common import device_name
+
+    if os.path.exists(args.out) and not args.overwrite:
+        raise LitError(f"'{args.out}' exists.", input_name="out", fix="choose another name or pass --overwrite.")
+    device = torch.device(device_name(args))
+    try:
+        img = np.asarray(Image.open(args.image).convert("RGB"), dtype=np.float32) / 255
+    except (OSError, ValueError) as err:
+        raise LitError(f"cannot read '{args.image}': {err}", input_name="image") from err
+    y = torch.from_numpy(img).permute(2, 0, 1)[None].to(device)
+    mask = None
+    if args.mask:
+        mask = torch.from_numpy(np.asarray(Image.open(args.mask).convert("L"), dtype=np.float32) / 255)[None]
+    op = build_operator(args.task, y, noise_sigma=args.sigma, blur_sigma=args.blur_sigma,
+                        motion_length=args.motion_length, motion_angle=args.motion_angle, mask=mask,
+                        jpeg_quality=args.jpeg_quality)
+    denoiser = load_prior(args.prior, device) if args.prior else DCTDenoiser(block_matching=args.task == "denoise")
+    steps = args.steps or schedule_for(op, denoiser.trained).steps
+    out = restore(op, denoiser, steps=steps, seed=args.seed)
+    arr = (out[0].permute(1, 2, 0).cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    tmp = f"{args.out}.tmp-{os.getpid()}{os.path.splitext(args.out)[1]}"
+    Image.fromarray(arr).save(tmp)
+    os.replace(tmp, args.out)
+    print(f"{args.task}: {denoiser.note}; {steps} steps -> {args.out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("restore", help="restore a damaged image (denoise, deblur, inpaint, upscale, JPEG)")
+    p.add_argument("image")
+    p.add_argument("--out", required=True)
+    p.add_argument("--task", default="denoise", choices=RESTORE_TASKS)
+    p.add_argument("--prior", default="", help="a trained denoiser .safetensors (FFDNet from restore-convert, or "
+                                               "DRUNet/DnCNN/SCUNet... through spandrel); default: built-in")
+    p.add_argument("--sigma", type=float, default=0.0, help="noise std in 0..255 units (0 = estimate / clean)")
+    p.add_argument("--steps", type=int, default=0, help="0 = the task's default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--blur-sigma", type=float, default=2.0)
+    p.add_argument("--motion-length", type=float, default=9.0)
+    p.add_argument("--motion-angle", type=float, default=0.0)
+    p.add_argument("--jpeg-quality", type=int, default=0)
+    p.add_argument("--mask", default="", help="inpainting: a mask image, white = missing")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_restore)
+    c = sub.add_parser("restore-convert", help="convert FFDNet's original MatConvNet .mat weights to .safetensors")
+    c.add_argument("mat")
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=cmd_convert)

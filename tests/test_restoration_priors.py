@@ -1,0 +1,183 @@
+"""Trained priors: FFDNet from its original MatConvNet weights (published numbers), spandrel plumbing, the sampler."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from shared_data import shared_path
+
+from comfyui_lit.models.common.errors import LitError
+from comfyui_lit.models.restoration import degradations as D
+from comfyui_lit.models.restoration import denoisers as DN
+from comfyui_lit.models.restoration import ffdnet as FF
+from comfyui_lit.models.restoration import priors as P
+from comfyui_lit.models.restoration.sampler import restore
+
+
+def psnr255(out: torch.Tensor, clean: torch.Tensor) -> float:
+    """PSNR as FFDNet's paper measures it: the output quantised to uint8 against the uint8 clean image."""
+    o = (out.clamp(0, 1) * 255).round()
+    return float(10 * torch.log10(255 ** 2 / ((o - clean * 255) ** 2).mean()))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / ((a.clamp(0, 1) - b) ** 2).mean()))
+
+
+def load(path: str) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).float().permute(2, 0, 1)[None] / 255
+
+
+@pytest.fixture(scope="module")
+def ffdnet_file(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("ffdnet") / "ffdnet_color.safetensors")
+    return FF.convert_mat(shared_path("weights", "FFDNet_color.mat"), out)
+
+
+@pytest.fixture(scope="module")
+def ffdnet(ffdnet_file) -> P.NetworkPrior:
+    return P.load_prior(ffdnet_file)
+
+
+def test_converter_reads_the_published_layer_list(ffdnet_file):
+    from safetensors import safe_open
+
+    with safe_open(ffdnet_file, "pt") as f:
+        meta, keys = f.metadata(), list(f.keys())
+    assert meta["architecture"] == "FFDNet" and (meta["nc"], meta["depth"], meta["in_nc"]) == ("96", "12", "3")
+    assert len(keys) == 24  # 12 conv layers, weight + bias
+    grey = FF.read_mat(shared_path("weights", "FFDNet_gray.mat"))
+    assert FF.config_from_state_dict(grey) == {"in_nc": 1, "nc": 64, "depth": 15}
+
+
+def test_ffdnet_reproduces_cbsd68_subset(ffdnet):
+    """Eight CBSD68 images (128x128 centre crops), seeded noise: values measured once with this converter. The full
+    68-image run (bench/restoration.py) gives 33.86 / 31.20 / 27.95 against the published 33.87 / 31.21 / 27.96."""
+    files = sorted(glob.glob(os.path.join(shared_path("data", "restoration", "CBSD68"), "*.png")))[::9]
+    assert len(files) == 8
+    clean = torch.cat([load(f)[..., 96:224, 176:304] for f in files])
+    g = torch.Generator().manual_seed(0)
+    got = {}
+    for sigma in (15, 50):
+        y = clean + torch.randn(clean.shape, generator=g) * sigma / 255
+        out = ffdnet(y, sigma / 255)
+        got[sigma] = float(np.mean([psnr255(out[i:i + 1], clean[i:i + 1]) for i in range(len(files))]))
+    assert abs(got[15] - MEASURED[15]) < 0.03 and abs(got[50] - MEASURED[50]) < 0.03, got
+    # a wrong phase order or noise-map scale costs whole dB: the check above could fail
+    wrong = ffdnet(clean + torch.randn(clean.shape, generator=g) * 50 / 255, 15 / 255)
+    assert np.mean([psnr255(wrong[i:i + 1], clean[i:i + 1]) for i in range(8)]) < MEASURED[50] - 2
+
+
+MEASURED = {15: 32.909, 50: 27.147}  # measured 2026-12-02 with this converter and seeds
+
+
+def test_ffdnet_prior_beats_classical_on_deblur(ffdnet):
+    x = load(shared_path("data", "restoration", "CBSD68", "103070.png"))[..., :128, :128]
+    k = D.gaussian_kernel(1.6)
+    y = D.add_noise(D.Deblur(x, k).apply(x), 0.01, generator=torch.Generator().manual_seed(1))
+    net = restore(D.Deblur(y, k, 0.01), ffdnet)
+    classical = restore(D.Deblur(y, k, 0.01), DN.DCTDenoiser())
+    assert psnr(net, x) > psnr(classical, x) + 0.1, (psnr(net, x), psnr(classical, x))  # measured +0.21 dB
+
+
+def test_ffdnet_prior_beats_bicubic_on_sr(ffdnet):
+    x = load(shared_path("data", "restoration", "Set5", "HR", "bird.png"))[..., :128, :128]
+    y = (D.downscale(x, 4).clamp(0, 1) * 255).round() / 255
+    op = D.Upscale(y, 4)
+    out = restore(op, ffdnet)
+    assert psnr(out, x) > psnr(op.init(), x) + 1.0, (psnr(out, x), psnr(op.init(), x))
+
+
+# ------------------------------------------------------------------------------------------- spandrel plumbing
+
+
+def _descriptor(arch: str):
+    from spandrel import ModelLoader
+    from spandrel.architectures.DnCNN import DnCNN
+    from spandrel.architectures.DRUNet import DRUNet
+    from spandrel.architectures.SCUNet import SCUNet
+
+    torch.manual_seed(0)
+    net = {"DRUNet": lambda: DRUNet(in_nc=4, out_nc=3, nc=[8, 16, 32, 64], nb=2),
+           "DnCNN": lambda: DnCNN(in_nc=3, out_nc=3, nc=8, nb=9, act_mode="R"),
+           "FDnCNN": lambda: DnCNN(in_nc=4, out_nc=3, nc=8, nb=9, act_mode="R", mode="FDnCNN"),
+           "SCUNet": lambda: SCUNet(in_nc=3, config=[1, 1, 1, 1, 1, 1, 1], dim=64)}[arch]()
+    return ModelLoader().load_from_state_dict(net.state_dict())
+
+
+def test_scunet_is_blind():
+    prior = P.as_prior(_descriptor("SCUNet"), "cpu")
+    assert not prior.conditioned and "blind" in prior.note
+    x = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(0))  # its minimum size: a fast forward
+    out = prior(x, 0.1)
+    assert out.shape == x.shape and torch.allclose(out, prior(x, 0.4))
+
+
+@pytest.mark.parametrize("arch,conditioned", [("DRUNet", True), ("FDnCNN", True), ("DnCNN", False)])
+def test_spandrel_priors(arch, conditioned):
+    desc = _descriptor(arch)
+    prior = P.as_prior(desc, "cpu", tile=48, overlap=8)
+    assert prior.conditioned is conditioned and ("blind" in prior.note) is (not conditioned)
+    x = torch.rand(2, 3, 70, 54, generator=torch.Generator().manual_seed(0))
+    out = prior(x, torch.tensor([0.05, 0.1]))
+    assert out.shape == x.shape and torch.isfinite(out).all() and out.device.type == "cpu"
+    if conditioned:  # the noise level reaches the network: another sigma gives another answer
+        assert not torch.allclose(out, prior(x, torch.tensor([0.3, 0.3])), atol=1e-4)
+        # and it is the extra input channel spandrel's own call would fix at 15/255
+        small = x[:1, :, :48, :48]
+        with torch.no_grad():
+            ref = desc.model(torch.cat([small, torch.full((1, 1, 48, 48), 0.05)], 1))
+        assert torch.allclose(prior(small, 0.05), ref, atol=1e-5)
+    else:
+        assert torch.allclose(out[:1], prior(x[:1], 0.3), atol=1e-5)
+    # tiles blend into the whole-image answer for a pointwise-enough network (overlap hides the seams)
+    whole = P.as_prior(desc, "cpu", tile=4096)(x, 0.05)
+    assert (whole - prior(x, 0.05)).abs().mean() < 0.05
+
+
+def test_spandrel_prior_from_safetensors_and_refusals(tmp_path):
+    from safetensors.torch import save_file
+
+    desc = _descriptor("DRUNet")
+    path = tmp_path / "drunet.safetensors"
+    save_file({k: v.contiguous() for k, v in desc.model.state_dict().items()}, str(path))
+    prior = P.load_prior(str(path))
+    assert prior.name == "DRUNet" and prior.conditioned
+    torch.save(desc.model.state_dict(), tmp_path / "drunet.pth")
+    with pytest.raises(LitError, match="pickled"):
+        P.load_prior(str(tmp_path / "drunet.pth"))
+    (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(LitError, match="readable"):
+        P.load_prior(str(tmp_path / "junk.safetensors"))
+    sd = {k: v.clone() for k, v in desc.model.state_dict().items()}
+    sd["m_head.weight"][0, 0, 0, 0] = float("nan")
+    save_file(sd, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(LitError, match="NaN"):
+        P.load_prior(str(tmp_path / "nan.safetensors"))
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    with pytest.raises(LitError, match="1x denoiser"):
+        P.as_prior(P._spandrel_loader()().load_from_state_dict(ESRGAN(num_filters=8, num_blocks=1).state_dict()))
+
+
+def test_grey_ffdnet_runs_per_channel():
+    net = FF.FFDNet(in_nc=1, nc=8, depth=3)
+    prior = P.from_ffdnet(net)
+    x = torch.rand(1, 3, 33, 31)
+    out = prior(x, 0.1)
+    with torch.no_grad():
+        ref = net(x[:, 1:2], 0.1)
+    assert out.shape == x.shape and torch.allclose(out[:, 1:2], ref, atol=1e-6)
+
+
+def test_bad_mat_files_are_refused(tmp_path):
+    (tmp_path / "x.mat").write_bytes(b"MATLAB 5.0 not hdf5")
+    with pytest.raises(LitError, match="HDF5"):
+        FF.read_mat(str(tmp_path / "x.mat"))
+    with pytest.raises(LitError, match="FFDNet"):
+        FF.build_from_state_dict({"w": torch.zeros(1)})
