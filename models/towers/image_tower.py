@@ -172,6 +172,7 @@ def tower_from_arch(arch: VisionArch, *, name: str, path: str, device: torch.dev
     fp = fingerprint_state(arch.state, {"kind": arch.kind, "size": arch.input_size})
     tower = ImageTower(backbone, embed_dim=dim, input_size=arch.input_size, mean=arch.mean, std=arch.std,
                        name=name, kind=arch.kind, crop=arch.crop, fingerprint=fp)
+    tower.layout, tower.ignored_tensors = arch.layout, list(arch.ignored)  # see load_text_tower
     return tower.to(device=device, dtype=dtype) if dtype != torch.float32 else tower.to(device)
 
 

@@ -21,6 +21,12 @@ import torch
 
 from ..common.errors import LitError
 
+try:  # transformers 5 configs are strict dataclasses: a wrong-typed field raises this (not a ValueError)
+    from huggingface_hub.errors import StrictDataclassError as _StrictError
+except ImportError:  # older huggingface_hub
+    _StrictError = ValueError
+CONFIG_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, _StrictError)
+
 # Buffers that some checkpoints carry and models rebuild themselves.
 BUFFERS = (r"(^|\.)position_ids$", r"(^|\.)attn_mask$", r"(^|\.)num_batches_tracked$")
 

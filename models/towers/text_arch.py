@@ -27,7 +27,16 @@ from transformers import (
 )
 
 from ..common.errors import LitError
-from .registry import BUFFERS, Architecture, check_finite_state, check_used, detect, is_ignorable, refuse_mismatch
+from .registry import (
+    BUFFERS,
+    CONFIG_ERRORS,
+    Architecture,
+    check_finite_state,
+    check_used,
+    detect,
+    is_ignorable,
+    refuse_mismatch,
+)
 from .registry import register as _register
 from .weights import KNOWN_HEADS, WeightSource, count_layers, guess_heads
 
@@ -115,6 +124,9 @@ def _clean(cfg: Mapping) -> dict:
 def _finish(source: WeightSource, arch: Architecture, kind: str, tower: dict[str, torch.Tensor],
             sub: dict[str, torch.Tensor], used: set[str], config, *, input_name: str, pooling: str,
             projection: bool = False) -> TextArch:
+    # Buffers (position_ids, ...) are rebuilt by the model: report them as ignored, never pass them on.
+    sub = {k: v for k, v in sub.items() if not is_ignorable(k, ())}
+    used = {k for k in used if not is_ignorable(k, ())}
     ignored = check_used(source.path, tower, used, arch.ignorable, what=f"{kind} text encoder", input_name=input_name)
     check_finite_state(sub, path=source.path, input_name=input_name)
     return TextArch(kind, sub, config, pooling=pooling, projection=projection, ignorable=arch.ignorable,
@@ -257,7 +269,7 @@ def _prepare_bert(source: WeightSource, *, input_name: str, arch: Architecture) 
     if cfg and model_type and model_type != "bert":
         try:
             config = transformers.AutoConfig.for_model(**_clean(cfg))
-        except (ValueError, TypeError, KeyError) as err:
+        except (*CONFIG_ERRORS, KeyError) as err:
             raise LitError(f"the config.json beside '{source.path}' is not a valid {model_type} config ({err}).",
                            input_name=input_name, fix="replace it with the model's original config.json.") from None
     else:
@@ -280,7 +292,7 @@ def detect_text_arch(source: WeightSource, *, input_name: str) -> TextArch:
     except KeyError as err:
         raise LitError(f"'{source.path}' looks like a text encoder but lacks the weight {err}.",
                        input_name=input_name, fix="the file is incomplete or an unsupported variant.") from None
-    except (TypeError, ValueError) as err:
+    except CONFIG_ERRORS as err:
         raise LitError(f"the config beside '{source.path}' does not fit this text encoder ({err}).",
                        input_name=input_name, fix="replace the config.json with the model's original one.") from None
 

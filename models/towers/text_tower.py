@@ -190,7 +190,7 @@ def load_text_tower(path: str | None = None, *, device: str | torch.device | Non
                              input_name=input_name, path=path)
     model = model.to(device=device, dtype=dtype)
     max_length = int(getattr(arch.config, "max_position_embeddings", 512))
-    if arch.arch == "bert":
+    if arch.arch in ("bert", "t5"):
         max_length = min(max_length, 512, int(getattr(tokenizer, "model_max_length", 512) or 512))
         sbert = os.path.join(source.folder or "", "sentence_bert_config.json")
         if source.folder and os.path.isfile(sbert):
@@ -206,7 +206,10 @@ def load_text_tower(path: str | None = None, *, device: str | torch.device | Non
     else:
         hidden = int(arch.config.hidden_size)
     extra = {"arch": arch.arch, "pooling": arch.pooling, "max_length": max_length}
-    return TextTower(model, tokenizer, pooling=arch.pooling, name=name, arch=arch.arch, max_length=max_length,
-                     hidden_size=hidden, pad_to_max_length=arch.arch == "siglip",
-                     use_attention_mask=arch.arch != "siglip",
-                     fingerprint=fingerprint_state(arch.state, extra))
+    tower = TextTower(model, tokenizer, pooling=arch.pooling, name=name, arch=arch.arch, max_length=max_length,
+                      hidden_size=hidden, pad_to_max_length=arch.arch == "siglip",
+                      use_attention_mask=arch.arch != "siglip",
+                      fingerprint=fingerprint_state(arch.state, extra))
+    # Which registered layout it was, and which of the file's tensors were knowingly left unused (for the report).
+    tower.layout, tower.ignored_tensors = arch.layout, list(arch.ignored)
+    return tower

@@ -28,7 +28,7 @@ from transformers import (
 )
 
 from ..common.errors import LitError
-from .registry import Architecture, check_finite_state, check_used, detect, register
+from .registry import CONFIG_ERRORS, Architecture, check_finite_state, check_used, detect, is_ignorable, register
 from .text_arch import load_hf_model, load_state_checked, openclip_blocks_to_hf
 from .weights import WeightSource, count_layers, guess_heads
 
@@ -71,6 +71,9 @@ def _sub_config(cfg: dict, key: str) -> dict:
 
 def _finish(source: WeightSource, arch: Architecture, kind: str, tower, sub, used, config, *, input_name: str,
             input_size: int, mean, std, crop: bool = True, projection: bool = False) -> VisionArch:
+    # Buffers (position_ids, ...) are rebuilt by the model: report them as ignored, never pass them on.
+    sub = {k: v for k, v in sub.items() if not is_ignorable(k, ())}
+    used = {k for k in used if not is_ignorable(k, ())}
     ignored = check_used(source.path, tower, used, arch.ignorable, what=f"{kind} image encoder", input_name=input_name)
     check_finite_state(sub, path=source.path, input_name=input_name)
     return VisionArch(kind, sub, config, int(input_size), tuple(mean), tuple(std), crop=crop, projection=projection,
@@ -317,7 +320,7 @@ def detect_vision_arch(source: WeightSource, *, input_name: str, preprocessor: d
     except KeyError as err:
         raise LitError(f"'{source.path}' looks like an image encoder but lacks the weight {err}.",
                        input_name=input_name, fix="the file is incomplete or an unsupported variant.") from None
-    except (TypeError, ValueError) as err:
+    except CONFIG_ERRORS as err:
         raise LitError(f"the config beside '{source.path}' does not fit this image encoder ({err}).",
                        input_name=input_name, fix="replace the config.json with the model's original one.") from None
 
