@@ -210,9 +210,16 @@ COMFY_TEXT = {
 }
 
 
+def comfy_vision_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's names: everything under `vision_model.` except `visual_projection.weight` (transformers 5 saves a
+    bare SiglipVisionModel without the prefix; ComfyUI's files and models always have it)."""
+    return {(k if k.startswith(("vision_model.", "visual_projection.")) else "vision_model." + k): v
+            for k, v in state.items() if not k.endswith("position_ids")}
+
+
 def comfy_vision_keys(state: dict[str, torch.Tensor], model_type: str) -> dict[str, torch.Tensor]:
     """The state dict ComfyUI's CLIPVisionModelProjection holds for these weights (what get_sd() returns)."""
-    out = {k: v for k, v in state.items() if not k.endswith("position_ids")}
+    out = comfy_vision_names(state)
     if model_type == "siglip_vision_model":
         out = {k: v for k, v in out.items() if not k.startswith("vision_model.head.")}
     return out

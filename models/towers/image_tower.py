@@ -173,7 +173,8 @@ def tower_from_arch(arch: VisionArch, *, name: str, path: str, device: torch.dev
     tower = ImageTower(backbone, embed_dim=dim, input_size=arch.input_size, mean=arch.mean, std=arch.std,
                        name=name, kind=arch.kind, crop=arch.crop, fingerprint=fp)
     tower.layout, tower.ignored_tensors = arch.layout, list(arch.ignored)  # see load_text_tower
-    return tower.to(device=device, dtype=dtype) if dtype != torch.float32 else tower.to(device)
+    # Weights stored in fp16 (ComfyUI's files) would otherwise keep that dtype: the caller's dtype decides.
+    return tower.to(device=device, dtype=dtype)
 
 
 def load_image_tower(path: str | None = None, *, device: str | torch.device | None = None,

@@ -157,10 +157,12 @@ def _prepare_openclip_text(source: WeightSource, *, input_name: str, arch: Archi
         used.add("text_projection")
     oc = (source.openclip_config or {}).get("model_cfg") or {}
     text_cfg = oc.get("text_cfg") or {}
-    config = _clip_config(sub, {}, {})
-    if text_cfg:
-        config.num_attention_heads = int(text_cfg.get("heads", config.num_attention_heads))
-        config.hidden_act = "quick_gelu" if oc.get("quick_gelu") else "gelu"
+    overrides = {}
+    if text_cfg:  # OpenCLIP's own config says what shapes cannot: heads and the activation
+        overrides = {"hidden_act": "quick_gelu" if oc.get("quick_gelu") else "gelu"}
+        if "heads" in text_cfg:
+            overrides["num_attention_heads"] = int(text_cfg["heads"])
+    config = _clip_config(sub, {}, {}, overrides)
     return _finish(source, arch, "clip", tower, sub, used, config, input_name=input_name, pooling="eos",
                    projection="text_projection.weight" in sub)
 
@@ -312,24 +314,24 @@ def _bert_config(sub: dict[str, torch.Tensor], cfg: dict) -> BertConfig:
     )
 
 
-def _clip_config(sub: dict[str, torch.Tensor], text_cfg: dict, top_cfg: dict) -> CLIPTextConfig:
+def _clip_config(sub: dict[str, torch.Tensor], text_cfg: dict, top_cfg: dict,
+                 overrides: dict | None = None) -> CLIPTextConfig:
     if text_cfg and "hidden_size" in text_cfg:
         config = CLIPTextConfig(**text_cfg)
         if "text_projection.weight" in sub:
             config.projection_dim = sub["text_projection.weight"].shape[0]
         return config
     vocab, hidden = sub["text_model.embeddings.token_embedding.weight"].shape
-    return CLIPTextConfig(
-        vocab_size=vocab, hidden_size=hidden,
-        num_hidden_layers=count_layers(sub, "text_model.encoder.layers."),
-        num_attention_heads=guess_heads(hidden, _TEXT_HEADS),
-        intermediate_size=sub["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
-        max_position_embeddings=sub["text_model.embeddings.position_embedding.weight"].shape[0],
-        projection_dim=sub["text_projection.weight"].shape[0] if "text_projection.weight" in sub else hidden,
+    return CLIPTextConfig(**{
+        "vocab_size": vocab, "hidden_size": hidden,
+        "num_hidden_layers": count_layers(sub, "text_model.encoder.layers."),
+        "num_attention_heads": guess_heads(hidden, _TEXT_HEADS),
+        "intermediate_size": sub["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+        "max_position_embeddings": sub["text_model.embeddings.position_embedding.weight"].shape[0],
+        "projection_dim": sub["text_projection.weight"].shape[0] if "text_projection.weight" in sub else hidden,
         # OpenAI's towers (512/768 wide) use quick_gelu; OpenCLIP's larger LAION towers use gelu.
-        hidden_act="quick_gelu" if hidden <= 768 else "gelu",
-        layer_norm_eps=1e-5,
-    )
+        "hidden_act": "quick_gelu" if hidden <= 768 else "gelu",
+        "layer_norm_eps": 1e-5, **(overrides or {})})
 
 
 def _siglip_config(sub: dict[str, torch.Tensor], text_cfg: dict) -> SiglipTextConfig:

@@ -106,11 +106,12 @@ def _prepare_openclip_visual(source: WeightSource, *, input_name: str, arch: Arc
         used.add("proj")
     oc = (source.openclip_config or {}).get("model_cfg") or {}
     vcfg = oc.get("vision_cfg") or {}
-    found = _hf_clip_like(sub, {}, "clip")
-    if vcfg:
-        width = int(vcfg.get("width", found["config"].hidden_size))
-        found["config"].num_attention_heads = max(1, width // int(vcfg.get("head_width", 64)))
-        found["config"].hidden_act = "quick_gelu" if oc.get("quick_gelu") else "gelu"
+    overrides = {}
+    if vcfg:  # OpenCLIP's own config says what shapes cannot: heads (width / head_width) and the activation
+        width = int(vcfg.get("width", sub["vision_model.embeddings.patch_embedding.weight"].shape[0]))
+        overrides = {"num_attention_heads": max(1, width // int(vcfg.get("head_width", 64))),
+                     "hidden_act": "quick_gelu" if oc.get("quick_gelu") else "gelu"}
+    found = _hf_clip_like(sub, {}, "clip", overrides)
     pre = dict(preprocessor or {})
     pcfg = (source.openclip_config or {}).get("preprocess_cfg") or {}
     pre.setdefault("image_mean", pcfg.get("mean", CLIP_MEAN))
@@ -147,7 +148,7 @@ def _match_hf_clip_vision(state) -> bool:
     return tower is not None and "vision_model.embeddings.class_embedding" in tower
 
 
-def _hf_clip_like(sub: dict[str, torch.Tensor], vcfg: dict, kind: str) -> dict:
+def _hf_clip_like(sub: dict[str, torch.Tensor], vcfg: dict, kind: str, overrides: dict | None = None) -> dict:
     patch_w = sub["vision_model.embeddings.patch_embedding.weight"]
     patch, hidden = patch_w.shape[-1], patch_w.shape[0]
     n_pos = sub["vision_model.embeddings.position_embedding.weight"].shape[0]
@@ -163,11 +164,12 @@ def _hf_clip_like(sub: dict[str, torch.Tensor], vcfg: dict, kind: str) -> dict:
     if "hidden_size" in vcfg:
         config = CLIPVisionConfig(**vcfg)
     else:
-        config = CLIPVisionConfig(
-            hidden_size=hidden, image_size=patch * math.isqrt(n_pos - 1), patch_size=patch, num_hidden_layers=layers,
-            num_attention_heads=guess_heads(hidden), intermediate_size=inter, layer_norm_eps=1e-5,
+        config = CLIPVisionConfig(**{
+            "hidden_size": hidden, "image_size": patch * math.isqrt(n_pos - 1), "patch_size": patch,
+            "num_hidden_layers": layers, "num_attention_heads": guess_heads(hidden), "intermediate_size": inter,
+            "layer_norm_eps": 1e-5,
             # OpenAI's towers (768/1024 wide) use quick_gelu; OpenCLIP's LAION H/14 and bigG use gelu.
-            hidden_act="quick_gelu" if hidden <= 1024 else "gelu")
+            "hidden_act": "quick_gelu" if hidden <= 1024 else "gelu", **(overrides or {})})
     if "visual_projection.weight" in sub:
         config.projection_dim = sub["visual_projection.weight"].shape[0]
     return {"config": config, "size": config.image_size}

@@ -132,4 +132,5 @@ def guess_heads(hidden: int, table: dict[int, int] | None = None) -> int:
     table = table or KNOWN_HEADS
     if hidden in table:
         return table[hidden]
-    return max(1, hidden // 64)
+    # heads must divide the width: the most heads of at least 64 wide that do
+    return next(h for h in range(max(1, hidden // 64), 0, -1) if hidden % h == 0)
