@@ -229,3 +229,21 @@ def test_config_json_with_unknown_or_wrong_model_type(tmp_path, clip_vision_stat
     (tmp_path / "v.json").write_text(json.dumps({"model_type": "dinov2"}))
     with pytest.raises(LitError, match="not laid out as that model"):
         load_image_tower(path)
+
+
+def test_reference_libraries_stay_test_only(tmp_path, monkeypatch, clip_vision_state):
+    """open_clip and timm are in the `test` extra only: no pack module imports them, and towers load without them."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for folder in ("models", "nodes", "cli"):
+        for py in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(py.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                assert not any(n.split(".")[0] in ("open_clip", "timm") for n in names), py
+    monkeypatch.setitem(__import__("sys").modules, "open_clip", None)  # any import of it now fails
+    monkeypatch.setitem(__import__("sys").modules, "timm", None)
+    tower = load_image_tower(save_state(clip_vision_state, str(tmp_path / "v.safetensors")))
+    assert tower.encode(torch.rand(1, 32, 32, 3)).shape == (1, 64)
