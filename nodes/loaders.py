@@ -25,8 +25,9 @@ DEVICE_CHOICES = ["auto", "cpu"]
 class LiTTextEncoderLoader:
     DISPLAY = "LiT Load Text Encoder"
     DESCRIPTION = ("Loads the text tower that LiT tunes: an HF folder or a single .safetensors from "
-                   "models/text_encoders (BERT/MiniLM, CLIP-L, OpenCLIP bigG, SigLIP). Leave it on '(embedded)' "
-                   "for all-MiniLM-L6-v2, which ships with the pack.")
+                   "models/text_encoders (BERT/MiniLM, XLM-R, T5 encoders, CLIP-L, OpenCLIP bigG, SigLIP). A file "
+                   "with tensors the model would not use, or NaN weights, is refused by name. Leave it on "
+                   "'(embedded)' for all-MiniLM-L6-v2, which ships with the pack.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = ("LIT_TEXT_TOWER",)
@@ -62,7 +63,8 @@ class LiTTextEncoderLoader:
 class LiTImageEncoderLoader:
     DISPLAY = "LiT Load Image Encoder (locked)"
     DESCRIPTION = ("Loads the locked image tower: a CLIP / SigLIP / DINOv2 / ViT vision encoder from "
-                   "models/clip_vision (HF folder or .safetensors). It is never trained; its embeddings are cached. "
+                   "models/clip_vision (HF, OpenCLIP or ComfyUI layout; timm files are refused). It is never trained; "
+                   "its embeddings are cached. "
                    "'(embedded)' is EfficientNet-Lite0 (ImageNet), which ships with the pack.")
     CATEGORY = CATEGORY
     FUNCTION = "load"

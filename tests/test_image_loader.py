@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from tiny_models import (
+    FakeComfyClipVision,
     hf_to_openclip_visual,
     save_state,
     tiny_clip_vision,
@@ -122,23 +123,9 @@ def test_embedded_efficientnet_lite0_is_the_imagenet_model():
     assert load_image_tower(None).fingerprint == tower.fingerprint
 
 
-class FakeComfyClipVision:
-    """What ComfyUI's 'Load CLIP Vision' returns, as far as we use it: inference-mode weights and constants."""
-
-    def __init__(self, model):
-        with torch.inference_mode():
-            self._sd = {k: v.clone() for k, v in model.state_dict().items()}
-        self.image_size = 32
-        self.image_mean = [0.48145466, 0.4578275, 0.40821073]
-        self.image_std = [0.26862954, 0.26130258, 0.27577711]
-
-    def get_sd(self):
-        return self._sd
-
-
 def test_wraps_comfyui_clip_vision_with_gradients():
     model = tiny_clip_vision()
-    fake = FakeComfyClipVision(model)
+    fake = FakeComfyClipVision(model.state_dict(), image_size=32, dtype=torch.float32)
     assert all(t.is_inference() for t in fake.get_sd().values())
     with torch.inference_mode():  # as inside a node
         tower = tower_from_comfy_clip_vision(fake)

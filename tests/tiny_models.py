@@ -185,3 +185,91 @@ def hf_to_openclip_visual(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
             out[dst + f"mlp.c_proj.{kind}"] = state[src + f"mlp.fc2.{kind}"]
         i += 1
     return out
+
+
+# --- ComfyUI's layouts ---------------------------------------------------------------------------------------------
+# ComfyUI's clip_vision files and its CLIP_VISION object use transformers' key names (comfy/clip_model.py mirrors
+# them) under `vision_model.` / `visual_projection.`, with these differences: no `position_ids` buffers, and its
+# SigLIP vision model (comfy/clip_vision_siglip_384.json, model_type siglip_vision_model) has no pre-norm and no
+# attention-pool head, so `get_sd()` holds no `vision_model.head.*`. Its text files (clip_l, clip_g) hold
+# `text_model.*` plus `text_projection.weight`. Values below are from comfy/clip_vision_config_h.json, _g.json,
+# clip_vision_siglip_384.json, sd1_clip_config.json and clip_config_bigg.json (ComfyUI source, read, not copied).
+COMFY_VISION = {
+    "clip_vision_h": dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=16, patch_size=14,
+                          projection_dim=1024, hidden_act="gelu", layer_norm_eps=1e-5),
+    "clip_vision_g": dict(hidden_size=1664, intermediate_size=8192, num_attention_heads=16, patch_size=14,
+                          projection_dim=1280, hidden_act="gelu", layer_norm_eps=1e-5),
+    "sigclip_vision_patch14_384": dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16,
+                                       patch_size=14, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6),
+}
+COMFY_TEXT = {
+    "clip_l": dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, hidden_act="quick_gelu",
+                   max_position_embeddings=77, projection_dim=768, layer_norm_eps=1e-5),
+    "clip_g": dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, hidden_act="gelu",
+                   max_position_embeddings=77, projection_dim=1280, layer_norm_eps=1e-5),
+}
+
+
+def comfy_vision_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's names: everything under `vision_model.` except `visual_projection.weight` (transformers 5 saves a
+    bare SiglipVisionModel without the prefix; ComfyUI's files and models always have it)."""
+    return {(k if k.startswith(("vision_model.", "visual_projection.")) else "vision_model." + k): v
+            for k, v in state.items() if not k.endswith("position_ids")}
+
+
+def comfy_vision_keys(state: dict[str, torch.Tensor], model_type: str) -> dict[str, torch.Tensor]:
+    """The state dict ComfyUI's CLIPVisionModelProjection holds for these weights (what get_sd() returns)."""
+    out = comfy_vision_names(state)
+    if model_type == "siglip_vision_model":
+        out = {k: v for k, v in out.items() if not k.startswith("vision_model.head.")}
+    return out
+
+
+class FakeComfyClipVision:
+    """What ComfyUI's 'Load CLIP Vision' returns, as far as we use it: ``get_sd()`` in ComfyUI's key layout (see
+    ``comfy_vision_keys``), inference-mode tensors in the loading dtype, and the preprocessing constants."""
+
+    def __init__(self, state: dict[str, torch.Tensor], *, image_size: int, model_type: str = "clip_vision_model",
+                 dtype: torch.dtype = torch.float16, mean=(0.48145466, 0.4578275, 0.40821073),
+                 std=(0.26862954, 0.26130258, 0.27577711)):
+        with torch.inference_mode():
+            self._sd = {k: v.detach().to(dtype).clone() for k, v in comfy_vision_keys(state, model_type).items()}
+        self.image_size = image_size
+        self.image_mean = list(mean)
+        self.image_std = list(std)
+
+    def get_sd(self):
+        return self._sd
+
+
+def perturb_(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """Move every weight off its initial value (norms at exactly 1/0, LayerScale at its init value would hide a
+    misread or dropped tensor)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+def photo_batch(size: int = 224) -> torch.Tensor:
+    """Four real photos from scikit-image, centre-cropped square and resized: ``[4, size, size, 3]`` in 0..1."""
+    import numpy as np
+    import torch.nn.functional as F
+    from skimage import data
+
+    imgs = []
+    for img in (data.chelsea(), data.astronaut(), data.coffee(), data.rocket()):
+        h, w = img.shape[:2]
+        s = min(h, w)
+        crop = np.ascontiguousarray(img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s, :3])
+        t = torch.from_numpy(crop).float().div(255).movedim(-1, 0)[None]
+        imgs.append(F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
+    return torch.cat(imgs).movedim(1, -1).clamp(0, 1)
+
+
+def openclip_ids(ids: torch.Tensor, context_length: int, pad_id: int) -> torch.Tensor:
+    """Token ids padded to OpenCLIP's fixed context (its text tower adds the whole positional table)."""
+    out = torch.full((ids.shape[0], context_length), pad_id, dtype=ids.dtype)
+    out[:, :ids.shape[1]] = ids
+    return out

