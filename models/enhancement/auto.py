@@ -74,8 +74,9 @@ def auto_grade_one(x: torch.Tensor) -> tuple[EnhancementParams, dict[str, float]
     hi = _quantile(px, 1.0 - spec.LEVEL_QUANTILE)
     lo = _quantile(px, spec.LEVEL_QUANTILE)
     stats["white_point"], stats["black_point"] = hi, lo
-    white = 1.0 + _ramp(hi, *spec.WHITE_GATE) * (hi - 1.0)
-    black = _ramp(lo, *spec.BLACK_GATE) * lo
+    amount = _ramp((1.0 - hi) + lo, *spec.RANGE_DEFICIT_GATE)
+    white = 1.0 + amount * (hi - 1.0)
+    black = amount * lo
     wmin = spec.GRADE_PARAMS["white"].low
     if white < wmin:  # deeper than Levels can reach: the rest is exposure
         p.exposure[0] = min(max(math.log2(wmin / max(white, 1e-4)), spec.GRADE_PARAMS["exposure"].low),
@@ -87,9 +88,11 @@ def auto_grade_one(x: torch.Tensor) -> tuple[EnhancementParams, dict[str, float]
 
     # levels, per channel (white patch): a channel left well below white is a cast; stretch it back
     ch_white = [_quantile(y[c], 1.0 - spec.LEVEL_QUANTILE) for c in range(3)]
+    top = max(max(ch_white), 1e-3)
     stats["channel_white"] = ch_white
     for c in range(3):
-        wc = 1.0 + _ramp(ch_white[c], *spec.CHANNEL_WHITE_GATE) * (max(ch_white[c], 0.3) - 1.0)
+        rel = ch_white[c] / top
+        wc = 1.0 + _ramp(rel, *spec.CHANNEL_WHITE_GATE) * (max(rel, 0.3) - 1.0)
         # (x - black) / (white_c - black) * gain == ((x - black) / (white - black) * gain) / wc
         p.white[0, c] = black + (white - black) * wc
         p.black[0, c] = black

@@ -63,8 +63,10 @@ BRIGHT_MEAN = (0.75, 0.82)    # none below the first, full above the second
 # stays well below the others' after that is a colour cast, removed by a per-channel stretch. Natural photos have
 # channel white points down to ~0.88 (blue skies aside, sunlit scenes are warm), so the dead zones are wide.
 LEVEL_QUANTILE = 1e-4
-WHITE_GATE = (0.96, 0.86)     # no stretch above the first, full stretch below the second
-BLACK_GATE = (0.13, 0.19)     # no black lift below the first, full above the second
+# The global stretch is gated on the range deficit (1 - white point) + black point: a correct photo can miss
+# ~0.2 of the range (the scikit-image cat: white point 0.82), an underexposed or flattened one misses much more.
+RANGE_DEFICIT_GATE = (0.25, 0.35)  # no stretch below the first, full stretch above the second
+# Per channel, relative to the brightest channel's white point: a cast when well below it.
 CHANNEL_WHITE_GATE = (0.9, 0.84)
 # Work on at most this many pixels for statistics (strided, not averaged, so extremes survive).
 STAT_PIXELS = 1 << 18
