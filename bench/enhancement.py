@@ -138,14 +138,15 @@ def contact_sheet(rows: list[list[np.ndarray]], labels: list[str], path: str, wi
         ims = [Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8)) for a in row]
         ims = [im.resize((width, round(im.height * width / im.width))) for im in ims]
         tiles.append(ims)
-    h = max(im.height for r in tiles for im in r)
-    sheet = Image.new("RGB", (width * 3 + 20, (h + 16) * len(tiles) + 4), "white")
+    heights = [max(im.height for im in r) + 16 for r in tiles]
+    sheet = Image.new("RGB", (width * 3 + 20, sum(heights) + 4), "white")
     d = ImageDraw.Draw(sheet)
-    for i, (r, lab) in enumerate(zip(tiles, labels, strict=True)):
-        y = i * (h + 16) + 14
+    y = 14
+    for r, lab, rh in zip(tiles, labels, heights, strict=True):
         d.text((4, y - 13), lab, fill="black")
         for j, im in enumerate(r):
             sheet.paste(im, (4 + j * (width + 6), y))
+        y += rh
     sheet.save(path)
 
 

@@ -196,18 +196,22 @@ def test_all_white_and_flat_images_stay_put():
         x = torch.full((1, 24, 32, 3), v)
         assert torch.equal(enhance(x).image, x), v
         # a guide cannot darken white either: it must beat its own noise, and white has nothing to gain
-        assert torch.allclose(enhance(x, StatLit(), POS, NEG, steps=10).image, x, atol=1e-3) or v != 1.0
+        guided = enhance(x, StatLit(), POS, NEG, steps=10)
+        assert torch.equal(guided.image, x) and "flat image" in guided.summary(), v
     tiny = torch.rand(1, 1, 7, 3)
     assert torch.isfinite(enhance(tiny, StatLit(), POS, NEG, steps=3).image).all()
 
 
 @pytest.mark.parametrize("kind,margin", [("gamma", 5.0), ("exposure", 15.0), ("contrast", 10.0), ("cast", 8.0)])
 def test_degraded_photos_come_back(cbsd, kind, margin):
+    gains = []
     for name, clean in cbsd.items():
         bad = degrade(clean, kind)
         r = enhance(bad)
-        gain = psnr(r.image, clean) - psnr(bad, clean)
-        assert gain >= margin, f"{name}/{kind}: PSNR gain {gain:.2f} dB < {margin} dB; {r.summary()}"
+        gains.append(psnr(r.image, clean) - psnr(bad, clean))
+        # a photo the auto-grade cannot tell from a correct one is left alone, never made worse
+        assert gains[-1] >= -0.1, f"{name}/{kind}: PSNR gain {gains[-1]:.2f} dB; {r.summary()}"
+    assert np.mean(gains) >= margin, f"{kind}: mean PSNR gain {np.mean(gains):.2f} dB < {margin} dB"
 
 
 def test_no_local_colour_artefact_even_when_a_guide_pushes_hard(cat, cbsd):
@@ -281,6 +285,7 @@ def test_nodes_without_an_adapter_under_inference_mode(cbsd):
     assert "lit_model" in LiTEnhancementSampler.INPUT_TYPES()["optional"]
     clean = cbsd["300091.png"][:, ::3, ::3]
     frames = torch.cat([degrade(clean, "exposure")] * 2)
+    guide = StatLit()  # loaders build models outside inference mode (nodes/loaders.py)
     with torch.inference_mode():
         frames = frames.clone()
         out = LiTEnhancementSampler().run(frames[:1], POS, NEG, 40, 1.0, 1.0, 0, 2)
@@ -291,7 +296,7 @@ def test_nodes_without_an_adapter_under_inference_mode(cbsd):
         (half,) = LiTApplyEnhancement().run(frames[:1], params, strength=0.5)
         half_node = LiTEnhancementSampler().run(frames[:1], POS, NEG, 40, 1.0, 1.0, 0, 2, strength=0.5)["result"][0]
         assert torch.allclose(half, half_node, atol=1e-6)
-        guided = LiTEnhancementSampler().run(frames[:1], POS, NEG, 5, 1.0, 1.0, 0, 1, lit_model=StatLit())
+        guided = LiTEnhancementSampler().run(frames[:1], POS, NEG, 5, 1.0, 1.0, 0, 1, lit_model=guide)
         assert "->" in guided["result"][2]
         with pytest.raises(LitError, match=r"\[LiT Enhancement Sampler\].*mask"):
             LiTEnhancementSampler().run(frames[:1], POS, NEG, 5, 1.0, 1.0, 0, 1, mask=torch.ones(1, 5, 5))

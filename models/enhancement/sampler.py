@@ -57,6 +57,7 @@ class EnhancementResult:
     accepted: torch.Tensor | None      # [n_sets] bool: the refinement replaced the auto-grade
     sample_objective: torch.Tensor | None  # [samples, n_sets] final objective of each restart (lower is better)
     chosen: torch.Tensor | None   # [n_sets] index of the restart kept
+    flat: torch.Tensor | None = None   # [n_sets] bool: a flat image the guide was not allowed to touch
     stats: list[dict] = field(default_factory=list)
     strength: float = 1.0
 
@@ -67,7 +68,9 @@ class EnhancementResult:
             head = f"image {i}:"
             if self.score_before is not None:
                 head += f" score {self.score_before[i].item():.3f} -> {self.score_after[i].item():.3f};"
-            if self.accepted is not None:
+            if self.flat is not None and bool(self.flat[pi]):
+                head += " flat image: nothing for the guide to judge, kept as the auto-grade left it;"
+            elif self.accepted is not None:
                 gain, noise = self.guide_gain[pi].item(), self.guide_noise[pi].item()
                 head += (f" guide refinement {'kept' if bool(self.accepted[pi]) else 'rejected'} (gain {gain:+.3f} vs "
                          f"its noise {noise:.3f} x {spec.NOISE_SIGMAS:g});")
@@ -194,7 +197,7 @@ def enhance(images: torch.Tensor, model=None, positive: str | list[str] = DEFAUL
     if shared:
         start = _mean_params(start)
     final = start
-    gain = noise = accepted = sample_obj = chosen = None
+    gain = noise = accepted = sample_obj = chosen = flat = None
     before = after = None
     guided = model is not None and guidance > 0 and steps > 0
     if model is not None:
@@ -204,7 +207,7 @@ def enhance(images: torch.Tensor, model=None, positive: str | list[str] = DEFAUL
     if guided:
         # Nodes run under inference mode; the fit needs autograd and ordinary (non-inference) tensors.
         with torch.inference_mode(False), torch.enable_grad():
-            final, gain, noise, accepted, sample_obj, chosen = _refine(
+            final, gain, noise, accepted, sample_obj, chosen, flat = _refine(
                 src.clone(), None if full_mask is None else full_mask.clone(), start.detach(), model, text, scale,
                 device, steps=steps, guidance=guidance, fidelity=fidelity, seed=seed, samples=samples,
                 shared=shared, proxy_max_side=proxy_max_side, allow_colour=allow_colour,
@@ -219,7 +222,7 @@ def enhance(images: torch.Tensor, model=None, positive: str | list[str] = DEFAUL
             after = antonym_scores(encode_full(model, out_img.movedim(-1, 1), device), text, scale).exp().cpu()
     return EnhancementResult(image=out_img.to(images.device), params=params, auto_params=start.to("cpu"),
                              score_before=before, score_after=after, guide_gain=gain, guide_noise=noise,
-                             accepted=accepted, sample_objective=sample_obj, chosen=chosen, stats=stats,
+                             accepted=accepted, sample_objective=sample_obj, chosen=chosen, flat=flat, stats=stats,
                              strength=float(strength))
 
 
@@ -310,10 +313,14 @@ def _refine(src, full_mask, start, model, text, scale, device, *, steps, guidanc
         noise = torch.zeros(n_sets, device=device).index_add(0, img_set, noise_img) / torch.bincount(
             img_set, minlength=n_sets).clamp_min(1)
         accepted = gain > spec.NOISE_SIGMAS * noise + 1e-4
+        # a flat image (all white, all black, one colour) has nothing a guide can judge: it stays as it is
+        flat = luminance(x).flatten(1).std(1, unbiased=False) < spec.FLAT_STD
+        flat_set = torch.zeros(n_sets, dtype=torch.bool, device=device).index_put_((img_set,), flat)
+        accepted = accepted & ~flat_set
         final = EnhancementParams(**{
             f: torch.where(accepted.view(-1, *([1] * (getattr(refined, f).dim() - 1))), getattr(refined, f),
                            getattr(start, f)) for f in refined.__dataclass_fields__})
-    return (final.detach().to("cpu"), gain.cpu(), noise.cpu(), accepted.cpu(), obj.cpu(), best.cpu())
+    return (final.detach().to("cpu"), gain.cpu(), noise.cpu(), accepted.cpu(), obj.cpu(), best.cpu(), flat_set.cpu())
 
 
 def encode_full(model, x_bchw: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -77,6 +77,8 @@ DEFAULT_NEGATIVE = "a dark, dull, hazy, washed-out photo"
 # The guide's gain must exceed this many standard deviations of its own score noise (the spread of its score over
 # crops and flips of the same auto-graded image) before its refinement replaces the auto-grade.
 NOISE_SIGMAS = 2.0
+# Luminance spread below which an image is flat (one colour): a guide has nothing to judge there.
+FLAT_STD = 0.01
 # Learning rates (per parameter, in its own units) and restart noise of the refinement.
 REFINE_LR = {"exposure": 0.03, "gamma": 0.03, "contrast": 0.02, "local": 0.02, "detail": 0.05,
              "white_balance": 0.01, "saturation": 0.02}
