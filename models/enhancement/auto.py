@@ -69,6 +69,9 @@ def auto_grade_one(x: torch.Tensor) -> tuple[EnhancementParams, dict[str, float]
     px = _subsample(x.float(), spec.STAT_PIXELS)
     p = EnhancementParams.identity(1)
     stats: dict[str, float] = {}
+    if float(luminance(x[None].float()).std()) < spec.FLAT_STD:  # one colour: no statistics to act on
+        stats["flat"] = 1.0
+        return p, stats
 
     # levels, global: robust white and black points over all channels together (keeps the colour balance)
     hi = _quantile(px, 1.0 - spec.LEVEL_QUANTILE)

@@ -299,8 +299,10 @@ def apply_enhancement_bchw(x: torch.Tensor, params: EnhancementParams, guide: to
         g = luminance(x) if guide is None else guide
         y = apply_local(y, p.local, g.clamp(0.0, 1.0))
     if x.shape[-1] > 1 and x.shape[-2] > 1 and (bool((p.detail != 0).any()) or p.detail.requires_grad):
+        # sharpen luminance as a per-pixel gain on R, G and B, so detail never shifts chromaticity either
         lum = luminance(y)
-        y = y + v(p.detail) * (lum - relative_blur(lum))
+        sharp = lum + v(p.detail) * (lum - relative_blur(lum))
+        y = y * (sharp.clamp_min(0.0) / lum.clamp_min(1e-3)).clamp(0.0, 4.0)
     return y.clamp(0.0, 1.0)
 
 
