@@ -1,12 +1,14 @@
-"""Enhancement nodes: a text-guided, faithful photo grade fitted with a LiT model, and its re-use on other images."""
+"""Enhancement nodes: a faithful photo grade (no-reference auto-grade, optionally refined by a LiT model), and its
+re-use on other images."""
 
 from __future__ import annotations
 
 import torch
 
 from ..models.common.errors import LitError
+from ..models.enhancement import spec
 from ..models.enhancement.ops import EnhancementParams, apply_enhancement
-from ..models.enhancement.sampler import DEFAULT_NEGATIVE, DEFAULT_POSITIVE, enhance
+from ..models.enhancement.sampler import enhance
 from .host import (
     CATEGORY,
     check_interrupted,
@@ -21,74 +23,69 @@ from .host import (
 ENHANCEMENT_TYPE = "LIT_ENHANCEMENT"
 
 
+def _number(kind: str, name: str) -> tuple[str, dict]:
+    default, lo, hi, step, tip = spec.NODE_INPUTS[name]
+    return (kind, {"default": default, "min": lo, "max": hi, "step": step, "tooltip": tip})
+
+
 class LiTEnhancementSampler:
     DISPLAY = "LiT Enhancement Sampler"
-    DESCRIPTION = ("Enhances images toward the positive prompt and away from the negative one, guided by the LiT "
-                   "model. It fits a small photo grade (exposure, contrast, tone curves, white balance, "
-                   "saturation, a local edge-aware colour grid, detail) on a small copy and applies it at full "
-                   "size, so it can re-grade and sharpen but never invent content. The grade is an output you can "
-                   "apply to other images or frames.")
+    DESCRIPTION = ("Enhances photos faithfully. A no-reference auto-grade (white balance, levels, exposure, from the "
+                   "image's own statistics) does the work and leaves a correct photo alone; a LiT model, when "
+                   "connected, refines it toward the positive prompt, and its refinement is kept only if it beats "
+                   "the model's own noise. Every adjustment is global or a smooth luminance-only dodge/burn, so it "
+                   "can never paint colour blotches. The grade is an output you can apply to other images.")
     CATEGORY = f"{CATEGORY}/enhance"
     FUNCTION = "run"
     RETURN_TYPES = ("IMAGE", ENHANCEMENT_TYPE, "STRING")
     RETURN_NAMES = ("image", "enhancement", "scores")
     OUTPUT_TOOLTIPS = ("The enhanced images, same size as the input.",
-                       "The fitted grade (one per image, or one for the batch when shared): connect it to 'LiT "
-                       "Apply Enhancement' to grade other images the same way.",
-                       "Before/after scores (probability of the positive prompt against the negative) and the "
-                       "fitted settings, per image.")
+                       "The fitted grade (one per image, or one for the batch when shared), strength applied: "
+                       "connect it to 'LiT Apply Enhancement' to grade other images the same way.",
+                       "What was done to each image, in a photographer's words, and the guide's before/after "
+                       "scores and whether its refinement was kept.")
 
     @classmethod
     def INPUT_TYPES(cls):
+        t = spec.NODE_TOOLTIPS
         return {
             "required": {
-                "image": ("IMAGE", {"tooltip": "Images to enhance (any size; each gets its own grade unless "
-                                               "'shared' is on)."}),
-                "lit_model": ("LIT_MODEL", {"tooltip": "The LiT model that judges the look (a plain "
-                                                       "dual encoder works too)."}),
-                "positive": ("STRING", {"multiline": True, "default": DEFAULT_POSITIVE,
-                                        "tooltip": "The look you want. Several lines are averaged."}),
-                "negative": ("STRING", {"multiline": True, "default": DEFAULT_NEGATIVE,
-                                        "tooltip": "Its opposite (the look to move away from). Several lines are "
-                                                   "averaged."}),
-                "steps": ("INT", {"default": 60, "min": 1, "max": 1000,
-                                  "tooltip": "Optimisation steps on the small proxy copy. More is slower and "
-                                             "converges further."}),
-                "guidance": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.05,
-                                       "tooltip": "How hard the prompts push. 0 changes nothing."}),
-                "fidelity": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.05,
-                                       "tooltip": "How hard the result is held to the input (its embedding, "
-                                                  "colours and structure). Raise it for subtler edits."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                                 "tooltip": "Seed of the restart noise; the same seed gives the same result."}),
-                "samples": ("INT", {"default": 2, "min": 1, "max": 16,
-                                    "tooltip": "Restarts from slightly different starting grades; each image "
-                                               "keeps the best. More is slower and more robust."}),
+                "image": ("IMAGE", {"tooltip": t["image"]}),
+                "positive": ("STRING", {"multiline": True, "default": spec.DEFAULT_POSITIVE,
+                                        "tooltip": t["positive"]}),
+                "negative": ("STRING", {"multiline": True, "default": spec.DEFAULT_NEGATIVE,
+                                        "tooltip": t["negative"]}),
+                "steps": _number("INT", "steps"),
+                "guidance": _number("FLOAT", "guidance"),
+                "fidelity": _number("FLOAT", "fidelity"),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": t["seed"]}),
+                "samples": _number("INT", "samples"),
             },
             "optional": {
-                "mask": ("MASK", {"tooltip": "Only where the mask is 1 may the image change (soft edges "
-                                             "blend). Leave empty to enhance everywhere."}),
-                "shared": ("BOOLEAN", {"default": False,
-                                       "tooltip": "Fit one grade for the whole batch (consistent frames of a "
-                                                  "video) instead of one per image."}),
-                "proxy_size": ("INT", {"default": 256, "min": 32, "max": 1024, "step": 16,
-                                       "tooltip": "Longest side of the small copy the grade is fitted on. The "
-                                                  "model sees at most its own input size anyway."}),
+                "lit_model": ("LIT_MODEL", {"tooltip": t["lit_model"]}),
+                "mask": ("MASK", {"tooltip": t["mask"]}),
+                "shared": ("BOOLEAN", {"default": False, "tooltip": t["shared"]}),
+                "proxy_size": _number("INT", "proxy_size"),
+                "strength": _number("FLOAT", "strength"),
+                "auto_grade": ("BOOLEAN", {"default": True, "tooltip": t["auto_grade"]}),
+                "allow_colour": ("BOOLEAN", {"default": False, "tooltip": t["allow_colour"]}),
             },
         }
 
     @with_node_errors(DISPLAY)
-    def run(self, image: torch.Tensor, lit_model, positive: str, negative: str, steps: int, guidance: float,
-            fidelity: float, seed: int, samples: int, mask: torch.Tensor | None = None, shared: bool = False,
-            proxy_size: int = 256):
-        require_lit_model(lit_model)
+    def run(self, image: torch.Tensor, positive: str, negative: str, steps: int, guidance: float,
+            fidelity: float, seed: int, samples: int, lit_model=None, mask: torch.Tensor | None = None,
+            shared: bool = False, proxy_size: int = 256, strength: float = 1.0, auto_grade: bool = True,
+            allow_colour: bool = False):
+        if lit_model is not None:
+            require_lit_model(lit_model)
         check_interrupted()
-        callback = progress_callback(steps, desc="LiT enhance")
+        callback = progress_callback(max(steps, 1), desc="LiT enhance")
         with trainable():
             result = enhance(image.clone(), lit_model, positive, negative, steps=steps, guidance=guidance,
                              fidelity=fidelity, seed=seed, samples=samples,
                              mask=None if mask is None else mask.clone(), shared=shared, proxy_max_side=proxy_size,
-                             callback=callback)
+                             strength=strength, auto=auto_grade, allow_colour=allow_colour, callback=callback)
         text = result.summary()
         out = result.image.float().cpu()
         return {"ui": {"text": [text], **compare_ui(image[..., :3], out, "lit_enhance")},
@@ -117,11 +114,11 @@ class LiTApplyEnhancement:
                                       "grade holds one set). 'first'/'index': one grade for every image."}),
                 "index": ("INT", {"default": 0, "min": 0, "max": 4095,
                                   "tooltip": "Which grade to use when 'which' is 'index'."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                                       "tooltip": "Blend between the input (0) and the fully graded image (1)."}),
+                "strength": _number("FLOAT", "strength"),
             },
             "optional": {
-                "mask": ("MASK", {"tooltip": "Only where the mask is 1 is the grade applied."}),
+                "mask": ("MASK", {"tooltip": "Only where the mask is 1 is the grade applied. Must have the image's "
+                                             "size."}),
             },
         }
 
@@ -142,10 +139,7 @@ class LiTApplyEnhancement:
                                input_name="index", fix=f"use 0..{params.batch_size - 1}.")
             params = params.select(index)
         check_interrupted()
-        out = apply_enhancement(image, params, mask, device=torch_device())
-        if strength < 1.0:
-            src = image[..., :3].float() if image.shape[-1] >= 3 else image.float().expand_as(out)
-            out = src.to(out.device) + (out - src.to(out.device)) * strength
+        out = apply_enhancement(image, params, mask, device=torch_device(), strength=strength)
         return (out.float().cpu(),)
 
 

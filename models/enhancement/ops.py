@@ -1,13 +1,15 @@
-"""A differentiable photo-enhancement operator with few, meaningful parameters.
+"""A photo-grade operator that cannot invent colour, with few, bounded, meaningful parameters.
 
-The enhancement sampler fits these parameters on a small proxy of the image (cheap gradients through the
-image tower) and then applies them once at full resolution. That only works because every parameter is
-defined independently of pixel size: global terms are per image, the bilateral grid lives in normalised
-(x, y, luminance) coordinates and is sliced per pixel with trilinear interpolation (so there are no tiles and
-no seams), and the detail term's blur radius is a fraction of the image's short side.
+Every parameter is clamped into the range in :mod:`.spec`, and only two global terms touch colour: white balance
+(per-channel gains, normalised to keep luminance) and saturation (a chroma gain about each pixel's luminance, so
+hue is never rotated). Everything else applies the same tone change to R, G and B. The local term is a
+bilateral grid (HDRNet-style, normalised (x, y, luminance) coordinates sliced per pixel with trilinear
+interpolation: no tiles, no seams) that holds a *luminance gain* in stops, not a colour matrix: a cell can
+brighten or darken a region, it cannot tint one. Parameters are defined independently of pixel size, so a grade
+fitted on a small proxy applies unchanged at full resolution.
 
-Pipeline, in order: white balance -> exposure -> per-channel monotone tone curves -> contrast -> saturation ->
-local affine colour transform from a bilateral grid (HDRNet-style) -> detail (unsharp mask) -> clamp to 0..1.
+Pipeline, in order: white balance -> levels (black/white point) -> exposure -> midtones (gamma) -> contrast ->
+saturation -> local dodge/burn -> detail (luminance unsharp mask) -> clamp to 0..1.
 """
 
 from __future__ import annotations
@@ -19,17 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from ..common.errors import LitError
+from .spec import DETAIL_SIGMA_FRACTION, GRADE_PARAMS, GRID_SIZE
 
 LUMA = (0.299, 0.587, 0.114)
-# softplus(_SP_ONE) == 1: equal raw increments give the identity curve.
-_SP_ONE = math.log(math.e - 1.0)
-# Blur sigma of the detail term as a fraction of the short side: "detail" means the same thing at any size.
-DETAIL_SIGMA_FRACTION = 1.0 / 100.0
-DETAIL_RANGE = (-1.0, 2.0)
 # Rows of the full-resolution image sliced at a time when no gradient is needed: bounds memory, and because
 # slicing is pointwise trilinear interpolation the chunks join without seams.
 SLICE_CHUNK_PIXELS = 1 << 20
-PARAMS_VERSION = 1
+PARAMS_VERSION = 2
+_MIN_LEVEL_SPAN = 0.2
 
 
 def luminance(rgb: torch.Tensor) -> torch.Tensor:
@@ -38,40 +37,46 @@ def luminance(rgb: torch.Tensor) -> torch.Tensor:
     return (rgb * w).sum(1, keepdim=True)
 
 
+def bounded(name: str, t: torch.Tensor) -> torch.Tensor:
+    p = GRADE_PARAMS[name]
+    return t.clamp(p.low, p.high)
+
+
 @dataclass
 class EnhancementParams:
-    """Per-image enhancement parameters (batch dimension first). Identity when all are at their defaults.
+    """Per-image grade (batch dimension first), in the units of :data:`.spec.GRADE_PARAMS`; identity at defaults.
 
-    exposure: ``[B]`` stops (x * 2**exposure). contrast: ``[B]`` log-gain around mid-grey.
-    white_balance: ``[B,3]`` per-channel log-gains. saturation: ``[B]`` log-gain of chroma.
-    curves: ``[B,3,K]`` raw increments of a monotone piecewise-linear curve per channel (softplus keeps each
-    increment positive, so the curve is monotone and maps 0->0, 1->1). grid: ``[B,12,D,Gh,Gw]`` residual of a
-    3x4 affine colour matrix per bilateral-grid cell (luminance bins D, spatial Gh x Gw). detail: ``[B]`` raw
-    unsharp-mask amount, squashed into ``DETAIL_RANGE``.
+    white_balance, black, white ``[B,3]`` (per channel); exposure, gamma, contrast, saturation, detail ``[B]``;
+    local ``[B,1,D,Gh,Gw]`` (luminance bins D, spatial Gh x Gw), stops of luminance gain.
     """
 
-    exposure: torch.Tensor
-    contrast: torch.Tensor
     white_balance: torch.Tensor
+    black: torch.Tensor
+    white: torch.Tensor
+    exposure: torch.Tensor
+    gamma: torch.Tensor
+    contrast: torch.Tensor
     saturation: torch.Tensor
-    curves: torch.Tensor
-    grid: torch.Tensor
+    local: torch.Tensor
     detail: torch.Tensor
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
-    def identity(cls, batch: int = 1, *, curve_knots: int = 8, grid_size: tuple[int, int, int] = (8, 8, 8),
+    def identity(cls, batch: int = 1, *, grid_size: tuple[int, int, int] = GRID_SIZE,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
                  ) -> EnhancementParams:
         """Parameters that leave an image unchanged. ``grid_size`` is (luminance bins, rows, cols)."""
         d, gh, gw = (max(int(v), 2) for v in grid_size)
-        z = torch.zeros(batch, device=device, dtype=dtype)
-        return cls(exposure=z.clone(), contrast=z.clone(),
-                   white_balance=torch.zeros(batch, 3, device=device, dtype=dtype),
-                   saturation=z.clone(),
-                   curves=torch.full((batch, 3, max(int(curve_knots), 2)), _SP_ONE, device=device, dtype=dtype),
-                   grid=torch.zeros(batch, 12, d, gh, gw, device=device, dtype=dtype),
-                   detail=z.clone())
+        kw = {"device": device, "dtype": dtype}
+        vals = {}
+        for f in fields(cls):
+            if f.name in ("white_balance", "black", "white"):
+                vals[f.name] = torch.full((batch, 3), GRADE_PARAMS[f.name].identity, **kw)
+            elif f.name == "local":
+                vals[f.name] = torch.zeros(batch, 1, d, gh, gw, **kw)
+            else:
+                vals[f.name] = torch.full((batch,), GRADE_PARAMS[f.name].identity, **kw)
+        return cls(**vals)
 
     def tensors(self) -> list[torch.Tensor]:
         return [getattr(self, f.name) for f in fields(self)]
@@ -88,6 +93,10 @@ class EnhancementParams:
 
     def detach(self) -> EnhancementParams:
         return self._map(lambda t: t.detach().clone())
+
+    def clamped(self) -> EnhancementParams:
+        """Every parameter inside its range (what the operator applies)."""
+        return EnhancementParams(**{f.name: bounded(f.name, getattr(self, f.name)) for f in fields(self)})
 
     def select(self, index: int | list[int] | torch.Tensor) -> EnhancementParams:
         """A sub-batch (``index`` an int keeps the batch dimension, as ``[index]``)."""
@@ -106,6 +115,22 @@ class EnhancementParams:
             t.requires_grad_(flag)
         return self
 
+    def scaled(self, strength: float) -> EnhancementParams:
+        """The grade moved back toward identity: every parameter at ``identity + strength * (value - identity)``.
+
+        Because each parameter is a photographic quantity (stops, levels, log gains), half the strength is half of
+        every adjustment, not a cross-fade of two images."""
+        s = float(strength)
+        if not math.isfinite(s) or s < 0.0 or s > 1.0:
+            raise LitError(f"strength must be in 0..1, got {strength}.", input_name="strength",
+                           fix="use 0 (no change) to 1 (the full grade).")
+        out = {}
+        for f in fields(self):
+            v = bounded(f.name, getattr(self, f.name))
+            ident = GRADE_PARAMS[f.name].identity
+            out[f.name] = ident + (v - ident) * s
+        return EnhancementParams(**out)
+
     # -- serialisation --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, torch.Tensor]:
         """Plain CPU tensors (safetensors-friendly), with a version tag."""
@@ -115,56 +140,66 @@ class EnhancementParams:
 
     @classmethod
     def from_dict(cls, data: dict[str, torch.Tensor]) -> EnhancementParams:
+        version = data.get("enhance.version")
+        if version is not None and int(torch.as_tensor(version).reshape(-1)[0]) != PARAMS_VERSION:
+            raise LitError(f"this grade was saved by another version of the enhancement (format "
+                           f"{int(torch.as_tensor(version).reshape(-1)[0])}, this one reads {PARAMS_VERSION}).",
+                           input_name="enhancement", fix="re-run the LiT Enhancement Sampler to fit a new grade.")
         missing = [f.name for f in fields(cls) if f"enhance.{f.name}" not in data]
         if missing:
             raise LitError(f"these enhancement parameters are incomplete (missing {', '.join(missing)}).",
                            input_name="enhancement", fix="connect the LIT_ENHANCEMENT output of an Enhancement "
                                                          "Sampler, or a file saved from one.")
-        p = cls(**{f.name: data[f"enhance.{f.name}"].float() for f in fields(cls)})
+        p = cls(**{f.name: torch.as_tensor(data[f"enhance.{f.name}"]).float() for f in fields(cls)})
         b = p.batch_size
-        shapes_ok = (p.contrast.shape == (b,) and p.white_balance.shape == (b, 3) and p.saturation.shape == (b,)
-                     and p.curves.dim() == 3 and p.curves.shape[:2] == (b, 3) and p.grid.dim() == 5
-                     and p.grid.shape[:2] == (b, 12) and p.detail.shape == (b,))
+        scalars = ("exposure", "gamma", "contrast", "saturation", "detail")
+        shapes_ok = (all(getattr(p, n).shape == (b,) for n in scalars)
+                     and all(getattr(p, n).shape == (b, 3) for n in ("white_balance", "black", "white"))
+                     and p.local.dim() == 5 and p.local.shape[:2] == (b, 1) and min(p.local.shape[2:]) >= 2)
         if not shapes_ok:
             raise LitError("these enhancement parameters have inconsistent shapes.", input_name="enhancement",
+                           fix="re-run the Enhancement Sampler that produced them.")
+        if not all(torch.isfinite(t).all() for t in p.tensors()):
+            raise LitError("these enhancement parameters contain NaN or infinite values.", input_name="enhancement",
                            fix="re-run the Enhancement Sampler that produced them.")
         return p
 
     def describe(self, index: int = 0) -> str:
-        """A one-line human summary of the global part of one image's grade."""
-        i = index
-        wb = self.white_balance[i].exp().tolist()
-        return (f"exposure {self.exposure[i].item():+.2f} EV, contrast x{self.contrast[i].exp().item():.2f}, "
-                f"saturation x{self.saturation[i].exp().item():.2f}, white balance "
-                f"R{wb[0]:.2f}/G{wb[1]:.2f}/B{wb[2]:.2f}, detail {detail_amount(self.detail[i]).item():+.2f}, "
-                f"local grid |{self.grid[i].abs().mean().item():.3f}|")
-
-
-def detail_amount(raw: torch.Tensor) -> torch.Tensor:
-    lo, hi = DETAIL_RANGE
-    # tanh-squash so the amount stays in a sane range; raw 0 -> amount 0.
-    return torch.where(raw >= 0, torch.tanh(raw) * hi, torch.tanh(raw) * -lo)
-
-
-def curve_knots(raw: torch.Tensor) -> torch.Tensor:
-    """``[B,3,K]`` raw increments -> ``[B,3,K+1]`` knot values from 0 to 1, strictly increasing."""
-    inc = F.softplus(raw) + 1e-4
-    cum = torch.cumsum(inc, dim=-1)
-    cum = cum / cum[..., -1:]
-    return torch.cat([torch.zeros_like(cum[..., :1]), cum], dim=-1)
-
-
-def apply_curves(x: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
-    """Per-channel piecewise-linear monotone curves. ``x`` ``[B,3,H,W]`` in 0..1."""
-    b, c, h, w = x.shape
-    knots = curve_knots(raw)  # [B,3,K+1]
-    k = knots.shape[-1] - 1
-    pos = x.clamp(0.0, 1.0).reshape(b, c, -1) * k
-    idx = pos.detach().floor().clamp(0, k - 1).long()
-    frac = pos - idx.to(pos.dtype)
-    lo = torch.gather(knots, 2, idx)
-    hi = torch.gather(knots, 2, idx + 1)
-    return (lo + (hi - lo) * frac).reshape(b, c, h, w)
+        """One image's grade in a photographer's words, one adjustment per line (only those that do something)."""
+        p = self.clamped().select(index)
+        lines = []
+        wb = p.white_balance[0]
+        wb = wb - (wb * wb.new_tensor(LUMA)).sum()
+        warm = float(wb[0] - wb[2])
+        tint = float(wb[1] - (wb[0] + wb[2]) / 2)
+        if max(abs(warm), abs(tint)) > 0.01:
+            lines.append(f"white balance: {'warmer' if warm > 0 else 'cooler'} by {abs(warm):.2f} (red/blue log "
+                         f"gain), {'greener' if tint > 0 else 'more magenta'} by {abs(tint):.2f}; gains "
+                         f"R x{wb[0].exp():.2f} G x{wb[1].exp():.2f} B x{wb[2].exp():.2f}")
+        b, w = p.black[0], p.white[0]
+        if float(b.max()) > 0.002 or float(w.min()) < 0.998:
+            lines.append("levels (black/white point R,G,B): " + ", ".join(
+                f"{float(b[c]):.3f}/{float(w[c]):.3f}" for c in range(3))
+                + f" (up to a {float(1 / (w - b).clamp_min(1e-3).min()):.2f}x stretch of the tonal range; a "
+                  "channel stretched more than the others removes a colour cast)")
+        checks = [
+            ("exposure", lambda v: f"exposure {v:+.2f} stops ({'brighter' if v > 0 else 'darker'})"),
+            ("gamma", lambda v: f"midtones {'lifted' if v > 0 else 'lowered'} (gamma {2 ** -v:.2f}: mid-grey "
+                                f"0.50 -> {0.5 ** (2 ** -v):.2f})"),
+            ("contrast", lambda v: f"contrast x{math.exp(v):.2f} ({'punchier' if v > 0 else 'softer'})"),
+            ("saturation", lambda v: f"saturation x{math.exp(v):.2f} ({'richer' if v > 0 else 'more muted'} "
+                                     "colour, same hues)"),
+            ("detail", lambda v: f"sharpening {v:+.2f} ({'crisper' if v > 0 else 'softened'} fine detail)"),
+        ]
+        for name, text in checks:
+            v = float(getattr(p, name)[0])
+            if abs(v) > 0.005:
+                lines.append(text(v))
+        loc = p.local[0]
+        if float(loc.abs().max()) > 0.01:
+            lines.append(f"local dodge/burn: brightness varies by {float(loc.min()):+.2f} to {float(loc.max()):+.2f} "
+                         "stops across regions (luminance only)")
+        return "; ".join(lines) if lines else "no change (the photo already looks right to the auto-grade)"
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -196,8 +231,8 @@ def relative_blur(x: torch.Tensor, fraction: float = DETAIL_SIGMA_FRACTION) -> t
 
 
 def _slice_grid(grid: torch.Tensor, guide: torch.Tensor, top: int = 0, full_h: int | None = None) -> torch.Tensor:
-    """Trilinear slice: grid ``[B,12,D,Gh,Gw]``, guide ``[B,1,h,W]`` in 0..1 (rows ``top..top+h`` of an image
-    ``full_h`` tall) -> coefficients ``[B,12,h,W]``."""
+    """Trilinear slice: grid ``[B,C,D,Gh,Gw]``, guide ``[B,1,h,W]`` in 0..1 (rows ``top..top+h`` of an image
+    ``full_h`` tall) -> ``[B,C,h,W]``."""
     b, _, h, w = guide.shape
     full_h = h if full_h is None else full_h
 
@@ -213,9 +248,8 @@ def _slice_grid(grid: torch.Tensor, guide: torch.Tensor, top: int = 0, full_h: i
     return out[:, :, 0]
 
 
-def apply_grid(x: torch.Tensor, grid: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-    """Local affine colour transform: out = (I + A(x,y,g)) @ [r,g,b] + t(x,y,g), A and t sliced from the grid
-    with the full-resolution guide."""
+def apply_local(x: torch.Tensor, grid: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+    """Local luminance gain: ``x * 2**slice(grid)``, the same factor on R, G and B (chromaticity unchanged)."""
     b, _, h, w = x.shape
     rows = h
     if not (torch.is_grad_enabled() and (x.requires_grad or grid.requires_grad)) and h * w > SLICE_CHUNK_PIXELS:
@@ -223,8 +257,7 @@ def apply_grid(x: torch.Tensor, grid: torch.Tensor, guide: torch.Tensor) -> torc
     parts = []
     for top in range(0, h, rows):
         xs = x[:, :, top:top + rows]
-        coeff = _slice_grid(grid, guide[:, :, top:top + rows], top, h).view(b, 3, 4, xs.shape[2], w)
-        parts.append(xs + (coeff[:, :, :3] * xs.unsqueeze(1)).sum(2) + coeff[:, :, 3])
+        parts.append(xs * torch.exp2(_slice_grid(grid, guide[:, :, top:top + rows], top, h)))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
@@ -239,29 +272,42 @@ def _broadcast(params: EnhancementParams, batch: int) -> EnhancementParams:
                                                  "apply to every image.")
 
 
+def white_balance_gains(wb: torch.Tensor) -> torch.Tensor:
+    """``[B,3]`` log gains -> gains normalised so a grey pixel keeps its luminance."""
+    wb = bounded("white_balance", wb)
+    wb = wb - (wb * wb.new_tensor(LUMA)).sum(1, keepdim=True)
+    return wb.exp()
+
+
 def apply_enhancement_bchw(x: torch.Tensor, params: EnhancementParams, guide: torch.Tensor | None = None
                            ) -> torch.Tensor:
     """The operator on ``[B,3,H,W]`` in 0..1. ``guide`` (luminance of the original, ``[B,1,H,W]``) defaults to
     the luminance of ``x``."""
-    p = _broadcast(params.to(x.device, x.dtype), x.shape[0])
-    if guide is None:
-        guide = luminance(x)
-    guide = guide.clamp(0.0, 1.0)
-    y = x * p.white_balance.exp().view(-1, 3, 1, 1)
-    y = y * torch.exp2(p.exposure).view(-1, 1, 1, 1)
-    y = apply_curves(y.clamp(0.0, 1.0), p.curves)
-    y = (y - 0.5) * p.contrast.exp().view(-1, 1, 1, 1) + 0.5
+    p = _broadcast(params.to(x.device, x.dtype), x.shape[0]).clamped()
+    v = lambda t: t.view(-1, 1, 1, 1)  # noqa: E731
+    y = x * white_balance_gains(p.white_balance).view(-1, 3, 1, 1)
+    black = p.black.view(-1, 3, 1, 1)
+    white = torch.maximum(p.white.view(-1, 3, 1, 1), black + _MIN_LEVEL_SPAN)
+    y = (y - black) / (white - black)
+    y = (y * v(torch.exp2(p.exposure))).clamp(0.0, 1.0)
+    # gamma: the same power on every channel (black and white stay put); the clamp keeps the gradient finite at 0
+    y = torch.where(y > 1e-6, y.clamp_min(1e-6).pow(v(torch.exp2(-p.gamma))), torch.zeros_like(y))
+    y = (y - 0.5) * v(p.contrast.exp()) + 0.5
     lum = luminance(y)
-    y = lum + (y - lum) * p.saturation.exp().view(-1, 1, 1, 1)
-    y = apply_grid(y, p.grid, guide)
-    amount = detail_amount(p.detail).view(-1, 1, 1, 1)
-    if x.shape[-1] > 1 and x.shape[-2] > 1:
-        y = y + amount * (y - relative_blur(y))
+    y = lum + (y - lum) * v(p.saturation.exp())
+    if bool((p.local != 0).any()) or p.local.requires_grad:
+        g = luminance(x) if guide is None else guide
+        y = apply_local(y, p.local, g.clamp(0.0, 1.0))
+    if x.shape[-1] > 1 and x.shape[-2] > 1 and (bool((p.detail != 0).any()) or p.detail.requires_grad):
+        # sharpen luminance as a per-pixel gain on R, G and B, so detail never shifts chromaticity either
+        lum = luminance(y)
+        sharp = lum + v(p.detail) * (lum - relative_blur(lum))
+        y = y * (sharp.clamp_min(0.0) / lum.clamp_min(1e-3)).clamp(0.0, 4.0)
     return y.clamp(0.0, 1.0)
 
 
 def blend_mask(enhanced: torch.Tensor, original: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Keep ``original`` where ``mask`` is 0. Tensors ``[B,3,H,W]``; mask ``[B,1,H,W]`` already resized."""
+    """Keep ``original`` where ``mask`` is 0. Tensors ``[B,3,H,W]``; mask ``[B,1,H,W]``."""
     if mask is None:
         return enhanced
     return original + (enhanced - original) * mask
@@ -269,10 +315,14 @@ def blend_mask(enhanced: torch.Tensor, original: torch.Tensor, mask: torch.Tenso
 
 def prepare_mask(mask: torch.Tensor | None, batch: int, height: int, width: int, device: torch.device,
                  dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
-    """A ComfyUI MASK (``[H,W]``, ``[B,H,W]`` or ``[B,1,H,W]``, 1 = change allowed) -> ``[B,1,H,W]`` in 0..1 at
-    the image's size (bilinear: a soft edge, no hard seam at the mask border)."""
+    """A ComfyUI MASK (``[H,W]``, ``[B,H,W]`` or ``[B,1,H,W]``, 1 = change allowed) -> ``[B,1,H,W]`` in 0..1.
+
+    The mask must have the image's height and width: a mask made for another image would be stretched onto
+    this one and change the wrong region, so it is refused (as the Restoration Sampler does)."""
     if mask is None:
         return None
+    if not torch.is_tensor(mask):
+        raise LitError("the mask must be a MASK tensor.", input_name="mask", fix="connect a MASK output.")
     m = mask.to(device=device, dtype=dtype)
     if m.dim() == 2:
         m = m.unsqueeze(0)
@@ -281,18 +331,22 @@ def prepare_mask(mask: torch.Tensor | None, batch: int, height: int, width: int,
     if m.dim() != 3:
         raise LitError(f"expected a MASK [B,H,W] or [H,W], got shape {tuple(mask.shape)}.", input_name="mask",
                        fix="connect a MASK output.")
+    if tuple(m.shape[-2:]) != (height, width):
+        raise LitError(f"the mask is {m.shape[-2]}x{m.shape[-1]} but the image is {height}x{width}; they must "
+                       "have the same height and width.", input_name="mask",
+                       fix="make the mask from this image (or resize it to the image's size first).")
     if m.shape[0] not in (1, batch):
         raise LitError(f"the mask batch ({m.shape[0]}) does not match the image batch ({batch}).",
                        input_name="mask", fix="use one mask, or one per image.")
-    m = m.unsqueeze(1)
-    if m.shape[-2:] != (height, width):
-        shrink = m.shape[-2] > height or m.shape[-1] > width
-        m = F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False, antialias=shrink)
-    return m.clamp(0.0, 1.0).expand(batch, 1, height, width)
+    if not torch.isfinite(m).all():
+        raise LitError("the mask contains NaN or infinite values.", input_name="mask", fix="connect a valid MASK.")
+    return m.unsqueeze(1).clamp(0.0, 1.0).expand(batch, 1, height, width)
 
 
 def to_bchw(images: torch.Tensor, input_name: str = "image") -> torch.Tensor:
     """ComfyUI IMAGE ``[B,H,W,C]`` (C in 1,3,4) -> ``[B,3,H,W]`` float32 0..1 (alpha dropped)."""
+    if not torch.is_tensor(images):
+        raise LitError("expected an IMAGE tensor.", input_name=input_name, fix="connect an IMAGE output.")
     if images.dim() == 3:
         images = images.unsqueeze(0)
     if images.dim() != 4 or images.shape[-1] not in (1, 3, 4):
@@ -300,37 +354,34 @@ def to_bchw(images: torch.Tensor, input_name: str = "image") -> torch.Tensor:
                        input_name=input_name, fix="connect an IMAGE output.")
     if images.shape[0] == 0 or images.shape[1] == 0 or images.shape[2] == 0:
         raise LitError("the image is empty.", input_name=input_name, fix="connect a non-empty IMAGE.")
+    if not torch.isfinite(images).all():
+        raise LitError("the image contains NaN or infinite pixel values.", input_name=input_name,
+                       fix="check the node that produced it.")
     x = images[..., :3] if images.shape[-1] >= 3 else images.expand(*images.shape[:-1], 3)
-    x = x.float().movedim(-1, 1)
-    return torch.nan_to_num(x, nan=0.0).clamp(0.0, 1.0)
-
-
-def _mask_item(mask: torch.Tensor, i: int, batch: int) -> torch.Tensor:
-    m = mask[:, 0] if mask.dim() == 4 and mask.shape[1] == 1 else mask
-    if m.dim() == 2:
-        return m
-    if m.dim() == 3 and m.shape[0] in (1, batch):
-        return m[i if m.shape[0] == batch else 0]
-    raise LitError(f"the mask (shape {tuple(mask.shape)}) does not fit an image batch of {batch}.",
-                   input_name="mask", fix="use one mask, or one per image.")
+    return x.float().movedim(-1, 1).clamp(0.0, 1.0)
 
 
 def apply_enhancement(images: torch.Tensor, params: EnhancementParams, mask: torch.Tensor | None = None,
-                      device: torch.device | str | None = None) -> torch.Tensor:
+                      device: torch.device | str | None = None, strength: float = 1.0) -> torch.Tensor:
     """Apply a fitted grade to ComfyUI images ``[B,H,W,C]`` (any size; params of batch 1 go to every image).
 
-    Images are processed one at a time on ``device`` (default: the images' own) to bound memory, and returned as
+    ``strength`` scales every adjustment back toward none (see :meth:`EnhancementParams.scaled`). Images are
+    processed one at a time on ``device`` (default: the images' own) to bound memory, and returned as
     ``[B,H,W,3]`` float32 in 0..1 on the images' device."""
-    if images.dim() == 3:
+    if torch.is_tensor(images) and images.dim() == 3:
         images = images.unsqueeze(0)
-    to_bchw(images[:1])  # validates shape before any work
+    to_bchw(images)  # validates shape and values before any work
     b, h, w = images.shape[:3]
     device = torch.device(device) if device is not None else images.device
     p = _broadcast(params, b)
+    if strength != 1.0:
+        p = p.scaled(strength)
+    m = prepare_mask(mask, b, h, w, torch.device("cpu"))
     out = []
     for i in range(b):
         xi = to_bchw(images[i:i + 1].to(device))
-        mi = None if mask is None else prepare_mask(_mask_item(mask, i, b), 1, h, w, device)
-        yi = blend_mask(apply_enhancement_bchw(xi, p.select(i)), xi, mi)
+        yi = apply_enhancement_bchw(xi, p.select(i))
+        if m is not None:
+            yi = blend_mask(yi, xi, m[i:i + 1].to(device))
         out.append(yi.to(images.device))
     return torch.cat(out).movedim(1, -1).contiguous()
