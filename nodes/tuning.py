@@ -126,13 +126,14 @@ class LiTLockedTuning:
             "learning_rate": spec.node_input("lr"),
             "seed": spec.node_input("seed", control_after_generate=True),
         }, "optional": {
-            name: spec.node_input(name) for name in ("text_lr", "weight_decay", "warmup_steps", "init", "lora_rank",
-                                                      "lora_alpha", "keep")
-        } | {
+            # the first four in their original order, so saved workflows' widget values still line up
+            "lora_rank": spec.node_input("lora_rank"),
             "validation_fraction": spec.node_input("val_fraction"),
             "validate_every": spec.node_input("val_every"),
             "cache_dir": ("STRING", {"default": "", "tooltip": "Where image embeddings are cached; empty: a "
                                                                ".lit_cache folder beside the dataset."}),
+        } | {name: spec.node_input(name) for name in ("text_lr", "weight_decay", "warmup_steps", "init",
+                                                        "lora_alpha", "keep")
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     @with_node_errors(DISPLAY)

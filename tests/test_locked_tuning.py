@@ -162,8 +162,8 @@ def test_lora_and_sigmoid_train_save_load_under_inference_mode(tower, shapes, tm
     with torch.inference_mode():
         shared_text = load_text_tower()
         original = _state(shared_text.model)
-        model = LitModel(tower, shared_text, mode="lora", loss="sigmoid", lora_rank=4, lora_alpha=8)
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():  # what nodes/host.py's trainable() does
+            model = LitModel(tower, shared_text, mode="lora", loss="sigmoid", lora_rank=4, lora_alpha=8)
             result = train_locked(model, shapes, TrainConfig(steps=12, batch_size=16, lr=2e-3, grad_accum=2,
                                                              val_every=6))
         assert result.history[-1]["loss"] < result.history[0]["loss"]
@@ -173,9 +173,9 @@ def test_lora_and_sigmoid_train_save_load_under_inference_mode(tower, shapes, tm
         assert not any("lora" in n for n, _ in shared_text.model.named_modules())
         path = save_adapter(model, str(tmp_path / "lora.safetensors"))
         names = set(tensor_shapes(path))
-        assert {"head.weight", "loss.log_scale", "loss.bias"} <= names
-        # head weight+bias, scale, bias; then 6 layers x 6 linears x (A, B)
-        assert any(n.endswith("lora_A") for n in names) and len(names) == 4 + 6 * 6 * 2
+        assert {"head.weight", "loss.log_scale", "loss.bias", "center.image"} <= names
+        # head weight+bias, scale, bias, image centre; then 6 layers x 6 linears x (A, B)
+        assert any(n.endswith("lora_A") for n in names) and len(names) == 5 + 6 * 6 * 2
         loaded = load_adapter(path, tower, shared_text)
         images = torch.rand(3, 32, 32, 3)
         texts = ["a green triangle", "a yellow circle on a black background"]
