@@ -150,15 +150,21 @@ def baselines(bench: Bench) -> dict[str, dict[str, float]]:
             return (lambda im: F.normalize(im - my, dim=-1)), (lambda t: F.normalize(t @ w + b, dim=-1))
         return make
 
+    fitted: dict = {}
+
     def cca(k, reg):
         def make(x, y):
-            wt, wi, mt, mi = cca_maps(x, y, k, reg)
+            key = (x.shape[0], reg)  # one decomposition per data and reg; the top-k columns are its prefix
+            if key not in fitted:
+                fitted[key] = cca_maps(x, y, 64, reg)
+            wt, wi, mt, mi = fitted[key]
+            wt, wi = wt[:, :k], wi[:, :k]
             return (lambda im: F.normalize((im - mi) @ wi, dim=-1)), (lambda t: F.normalize((t - mt) @ wt, dim=-1))
         return make
 
     out = {}
     for name, grid in (("ridge", [ridge(a) for a in (0.01, 0.1, 1.0, 10.0)]),
-                       ("CCA", [cca(k, r) for k in (16, 32, 64) for r in (1e-2, 1e-1, 1.0)])):
+                       ("CCA", [cca(k, r) for k in (16, 32, 64) for r in (1e-1, 1.0)])):
         t0 = time.perf_counter()
         best = max(grid, key=val_r5)
         x, y = _pairs(bench, bench.train, bench.train_img)

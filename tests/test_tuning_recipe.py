@@ -205,3 +205,17 @@ def test_damaged_adapter_metadata_is_a_clear_error(text_tower, tmp_path, damage)
     with pytest.raises(LitError) as err:
         load_adapter(path, tiny_shapes_tower(), text_tower)
     assert err.value.input_name == "adapter" and "damaged" in err.value.message
+
+
+def test_save_adapter_overwrites_by_default_and_says_when_it_renamed(text_tower, tmp_path, monkeypatch):
+    from comfyui_lit.nodes.tuning import LiTSaveAdapter
+
+    monkeypatch.setenv("COMFYUI_LIT_MODELS", str(tmp_path / "models"))
+    model = LitModel(tiny_shapes_tower(), text_tower, mode="head")
+    with torch.inference_mode():
+        first = LiTSaveAdapter().save(model, "mine")
+        second = LiTSaveAdapter().save(model, "mine")
+        kept = LiTSaveAdapter().save(model, "mine", False)
+    assert first["result"][0] == second["result"][0] and first["result"][0].endswith("mine.safetensors")
+    assert second["ui"]["text"][0] == f"saved {second['result'][0]}"
+    assert kept["result"][0].endswith("mine_0001.safetensors") and "overwrite is off" in kept["ui"]["text"][0]

@@ -60,7 +60,7 @@ _P = [
           "state is kept, so too many steps cost time, not quality.", 1, 1_000_000, 1),
     Param("batch_size", 1024, "int", "Images per step (one caption each). Bigger is better for contrastive "
           "learning and cheap with cached embeddings; capped at the number of training images.", 2, 65536, 1),
-    Param("lr", 2e-3, "float", "Peak learning rate of the projection and temperature (cosine schedule after a "
+    Param("lr", 3e-3, "float", "Peak learning rate of the projection and temperature (cosine schedule after a "
           "linear warm-up).", 1e-7, 1.0, 1e-5, cli="--lr"),
     Param("text_lr", 0.0, "float", "Learning rate of the text encoder's own weights (lora/full). 0: lr for "
           "lora, lr/10 for full.", 0.0, 1.0, 1e-5),
@@ -86,7 +86,7 @@ PARAMS: dict[str, Param] = {p.name: p for p in _P}
 # Measured per mode (bench/lit_quality.py, 2026-12-02): a LoRA step costs a text-encoder forward+backward, so it
 # runs fewer, smaller steps; the head's steps are matrix products over the whole cached set.
 MODE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "head": {"steps": 100, "batch_size": 1024, "lr": 2e-3, "weight_decay": 1.0},
+    "head": {"steps": 100, "batch_size": 1024, "lr": 3e-3, "weight_decay": 1.0},
     "lora": {"steps": 100, "batch_size": 128, "lr": 1e-3, "weight_decay": 1.0},
     "full": {"steps": 100, "batch_size": 128, "lr": 1e-3, "weight_decay": 1.0},
 }

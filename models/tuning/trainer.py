@@ -54,7 +54,7 @@ class TrainConfig:
     val_fraction: float = spec.default("val_fraction")
     val_every: int = spec.default("val_every")
     init: str = spec.default("init")
-    ridge_alpha: float = 1.0  # ridge strength relative to the text features' mean eigenvalue
+    ridge_alpha: float = 0.1  # ridge strength relative to the text features' mean eigenvalue
     center_images: bool = True  # centre image embeddings on the training mean (a statistic, not training)
     keep: str = spec.default("keep")  # "best" validated state or the "last" one
     restore_best: bool = True  # older spelling of keep: False == keep "last"
