@@ -84,8 +84,8 @@ def find_resumable(folder: str, max_step: int) -> tuple[tuple[dict, dict] | None
             continue
         try:
             return load_checkpoint(path), path, notes
-        except LitError as err:
-            notes.append(f"{os.path.basename(path)} skipped ({err.message})")
+        except Exception as err:  # noqa: BLE001 - any damage: fall back to an older intact checkpoint
+            notes.append(f"{os.path.basename(path)} skipped ({getattr(err, 'message', None) or err})")
     return None, None, notes
 
 
