@@ -29,7 +29,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                  if per_mode else f"default: {prm.default}")
         kw = {"choices": list(prm.choices)} if prm.kind == "choice" else {"type": _TYPES[prm.kind]}
         p.add_argument(prm.flag, dest=name, default=None if per_mode else prm.default,
-                       help=f"{prm.help} ({shown})", **kw)
+                       help=f"{prm.help} ({shown})".replace("%", "%%"), **kw)
     p.add_argument("--cache-dir", default="", help="image-embedding cache (default: DATA/.lit_cache)")
 
 
