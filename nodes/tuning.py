@@ -9,8 +9,9 @@ import torch
 from ..models.common.atomic import safe_relative_name
 from ..models.common.errors import LitError
 from ..models.data.dataset import dataset_signature, from_images, load_dataset
+from ..models.tuning import spec
 from ..models.tuning.lit_model import LitModel, load_adapter, read_adapter_metadata, save_adapter
-from ..models.tuning.trainer import TrainConfig, train_locked
+from ..models.tuning.trainer import TrainConfig, TrainingDiverged, train_locked
 from .host import (
     CATEGORY,
     LIT_FOLDER,
@@ -103,32 +104,34 @@ class LiTLockedTuning:
             "image_tower": ("LIT_IMAGE_TOWER", {"tooltip": "The locked image encoder."}),
             "text_tower": ("LIT_TEXT_TOWER", {"tooltip": "The text encoder to tune (it is copied, not modified)."}),
             "dataset": ("LIT_DATASET", {"tooltip": "Captioned images from 'LiT Dataset'."}),
-            "mode": (["head", "lora", "full"], {"default": "lora", "tooltip": "What is trained: the projection "
-                                                "only, LoRA + projection, or the whole text encoder."}),
-            "loss": (["softmax", "sigmoid"], {"default": "softmax", "tooltip": "softmax: CLIP/LiT contrastive loss; "
-                                              "sigmoid: SigLIP's pairwise loss (better with small batches)."}),
-            "steps": ("INT", {"default": 300, "min": 1, "max": 1000000, "tooltip": "Optimizer steps."}),
-            "batch_size": ("INT", {"default": 64, "min": 2, "max": 65536, "tooltip": "Image-caption pairs per step; "
-                                   "contrastive learning likes large batches."}),
-            "learning_rate": ("FLOAT", {"default": 1e-3, "min": 1e-7, "max": 1.0, "step": 1e-5,
-                                        "tooltip": "Peak learning rate (cosine schedule with warm-up)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "Same seed, same run."}),
+            "mode": spec.node_input("mode"),
+            "loss": spec.node_input("loss"),
+            "steps": spec.node_input("steps"),
+            "batch_size": spec.node_input("batch_size"),
+            "learning_rate": spec.node_input("lr"),
+            "seed": spec.node_input("seed", control_after_generate=True),
         }, "optional": {
-            "lora_rank": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "LoRA rank (mode 'lora')."}),
-            "validation_fraction": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.5, "step": 0.01,
-                                              "tooltip": "Share of images held out to measure recall/accuracy."}),
-            "validate_every": ("INT", {"default": 50, "min": 1, "max": 100000,
-                                       "tooltip": "Steps between validations; the best validated state is kept."}),
+            # the first four in their original order, so saved workflows' widget values still line up
+            "lora_rank": spec.node_input("lora_rank"),
+            "validation_fraction": spec.node_input("val_fraction"),
+            "validate_every": spec.node_input("val_every"),
             "cache_dir": ("STRING", {"default": "", "tooltip": "Where image embeddings are cached; empty: a "
                                                                ".lit_cache folder beside the dataset."}),
+        } | {name: spec.node_input(name) for name in ("text_lr", "weight_decay", "warmup_steps", "init",
+                                                        "lora_alpha", "keep")
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     @with_node_errors(DISPLAY)
     def train(self, image_tower, text_tower, dataset, mode: str, loss: str, steps: int, batch_size: int,
-              learning_rate: float, seed: int, lora_rank: int = 8, validation_fraction: float = 0.1,
-              validate_every: int = 50, cache_dir: str = "", unique_id: str | None = None):
+              learning_rate: float, seed: int, text_lr: float = spec.default("text_lr"),
+              weight_decay: float = spec.default("weight_decay"), warmup_steps: int = spec.default("warmup_steps"),
+              init: str = spec.default("init"), lora_rank: int = spec.default("lora_rank"),
+              lora_alpha: float = spec.default("lora_alpha"), keep: str = spec.default("keep"),
+              validation_fraction: float = spec.default("val_fraction"),
+              validate_every: int = spec.default("val_every"), cache_dir: str = "", unique_id: str | None = None):
         config = TrainConfig(steps=steps, batch_size=batch_size, lr=learning_rate, seed=seed,
+                             text_lr=text_lr or None, weight_decay=weight_decay,
+                             warmup_steps=None if warmup_steps < 0 else warmup_steps, init=init, keep=keep,
                              val_fraction=validation_fraction, val_every=validate_every)
         progress = progress_callback(steps, "LiT locked tuning")
 
@@ -140,14 +143,22 @@ class LiTLockedTuning:
                                                      if isinstance(v, (int, float))}})
 
         with trainable():
-            model = LitModel(image_tower, text_tower, mode=mode, loss=loss, lora_rank=lora_rank, seed=seed)
-            result = train_locked(model, dataset, config, cache_dir=cache_dir.strip() or None, callback=on_step,
-                                  interrupt_exceptions=interrupted_exception_types(),
-                                  embed_progress=embedding_progress())
+            model = LitModel(image_tower, text_tower, mode=mode, loss=loss, lora_rank=lora_rank,
+                             lora_alpha=lora_alpha, seed=seed)
+            try:
+                result = train_locked(model, dataset, config, cache_dir=cache_dir.strip() or None, callback=on_step,
+                                      interrupt_exceptions=interrupted_exception_types(),
+                                      embed_progress=embedding_progress())
+                report = result.report
+            except TrainingDiverged as err:
+                # The model is back on its best (finite) state: hand it on, and say loudly what happened.
+                result = err.result
+                report = f"STOPPED: {err}\n\n{result.report}"
         send_event(TRAIN_EVENT, {"node": unique_id, "done": True, "step": result.steps_done, "total": steps,
                                  "metrics": {k: float(v) for k, v in result.best_metrics.items()
                                              if isinstance(v, (int, float))}})
-        return {"ui": {"text": [result.report]}, "result": (model, result.report)}
+        # The report also goes to the UI, so it is still shown after the workflow is reloaded.
+        return {"ui": {"text": [report]}, "result": (model, report)}
 
 
 class LiTSaveAdapter:
@@ -167,17 +178,25 @@ class LiTSaveAdapter:
             "lit_model": ("LIT_MODEL", {"tooltip": "From 'LiT Locked Tuning' or 'LiT Load Adapter'."}),
             "filename": ("STRING", {"default": "my_lit_adapter", "tooltip": "Name inside models/lit (sub-folders "
                                                                             "allowed)."}),
-            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file of that name; "
-                                                                   "otherwise a number is appended."}),
+            "overwrite": ("BOOLEAN", {"default": True, "tooltip": "On: write exactly '<filename>.safetensors', "
+                                                                  "replacing an older one (what a template's Load "
+                                                                  "Adapter expects). Off: never replace; a free "
+                                                                  "name_0001, name_0002... is used and shown."}),
         }}
 
     @with_node_errors(DISPLAY)
-    def save(self, lit_model, filename: str, overwrite: bool = False):
+    def save(self, lit_model, filename: str, overwrite: bool = True):
         require_lit_model(lit_model)
-        # Exclusive create: with overwrite off, concurrent saves of one name get distinct, reported names.
-        path = save_adapter(lit_model, os.path.join(lit_save_dir(), safe_relative_name(filename)),
-                            overwrite=overwrite, unique=not overwrite)
-        return {"ui": {"text": [path]}, "result": (path,)}
+        name = safe_relative_name(filename)
+        wanted = os.path.join(lit_save_dir(), name)
+        # Exclusive create: with overwrite off, a taken name (or a concurrent save) gets a distinct, reported name.
+        path = save_adapter(lit_model, wanted, overwrite=overwrite, unique=not overwrite)
+        if not wanted.lower().endswith((".safetensors", ".sft")):
+            wanted += ".safetensors"
+        note = "" if os.path.abspath(path) == os.path.abspath(wanted) else (
+            f" ('{os.path.basename(wanted)}' exists and overwrite is off, so a new name was used; "
+            "Load Adapter must pick this one)")
+        return {"ui": {"text": [f"saved {path}{note}"]}, "result": (path,)}
 
 
 class LiTLoadAdapter:

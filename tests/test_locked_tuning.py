@@ -25,7 +25,7 @@ from comfyui_lit.models.towers.image_tower import ImageTower
 from comfyui_lit.models.towers.text_tower import load_text_tower
 from comfyui_lit.models.tuning import demo_data
 from comfyui_lit.models.tuning.lit_model import LitModel, load_adapter, read_adapter_metadata, save_adapter
-from comfyui_lit.models.tuning.trainer import TrainConfig, count_forwards, train_locked
+from comfyui_lit.models.tuning.trainer import TrainConfig, train_locked
 
 TEMPLATES = ["a {} on a white background", "a {} on a black background", "a {} on a gray background"]
 # Held-out zero-shot accuracy over the 12 "<colour> <shape>" classes (chance 1/12 = 0.083) that the 300-step
@@ -55,6 +55,18 @@ def held_out():
     return images, labels
 
 
+def count_forwards(module: torch.nn.Module) -> dict[str, int]:
+    """Count ``module``'s forward calls and the items they saw (a live dict)."""
+    counter = {"calls": 0, "items": 0}
+
+    def hook(_mod, args, _out) -> None:
+        counter["calls"] += 1
+        counter["items"] += int(args[0].shape[0]) if args and torch.is_tensor(args[0]) else 0
+
+    module.register_forward_hook(hook)
+    return counter
+
+
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -72,7 +84,7 @@ def trained(tower, text_tower, shapes, held_out):
     model = LitModel(tower, text_tower, mode="head", loss="softmax", seed=0)
     acc_before = _zero_shot_acc(model, held_out)
     events = []
-    result = train_locked(model, shapes, TrainConfig(steps=300, batch_size=32, lr=1e-3, val_every=50, seed=0),
+    result = train_locked(model, shapes, TrainConfig(steps=100, batch_size=32, lr=1e-3, val_every=25, seed=0),
                           callback=lambda s, t, m: events.append((s, t, m)))
     return model, result, acc_before, tower_before, events
 
@@ -84,9 +96,10 @@ def test_lit_lifts_held_out_zero_shot_accuracy_from_chance(trained, held_out):
           f"(chance 0.083); validation recall {result.before_metrics} -> {result.best_metrics}")
     assert acc_before < 0.2
     assert acc_after >= ZERO_SHOT_THRESHOLD
-    assert result.best_metrics["t2i_r@5"] > result.before_metrics["t2i_r@5"] + 0.3
+    # step 0 is already the closed-form ridge start; the kept state is never worse on the validation loss
+    assert result.best_metrics["loss"] <= result.before_metrics["loss"]
     assert result.history[-1]["loss"] < result.history[0]["loss"] * 0.5
-    assert not result.interrupted and result.steps_done == 300
+    assert not result.interrupted and result.steps_done == 100
 
 
 def test_image_tower_is_bit_identical_and_never_optimised(trained, tower):
@@ -104,13 +117,13 @@ def test_image_tower_is_bit_identical_and_never_optimised(trained, tower):
 
 def test_callback_report_and_metadata(trained):
     model, result, _, _, events = trained
-    assert [e[0] for e in events] == list(range(1, 301)) and all(e[1] == 300 for e in events)
+    assert [e[0] for e in events] == list(range(1, 101)) and all(e[1] == 100 for e in events)
     assert {"loss", "lr", "logit_scale"} <= set(events[0][2])
-    assert "val_i2t_r@1" in events[49][2] and "val_i2t_r@1" not in events[48][2]
-    assert [v["step"] for v in result.val_history] == [0, 50, 100, 150, 200, 250, 300]
+    assert "val_i2t_r@1" in events[24][2] and "val_i2t_r@1" not in events[23][2]
+    assert [v["step"] for v in result.val_history] == [0, 25, 50, 75, 100]
     assert "Validation best" in result.report and "tower forwards" in result.report
     info = model.describe()
-    assert info["steps"] == 300 and info["dataset_size"] == 200 and info["metrics"]
+    assert info["steps"] == 100 and info["dataset_size"] == 200 and info["metrics"]
 
 
 def test_save_load_reproduces_logits_exactly(trained, tower, text_tower, tmp_path, held_out):
@@ -118,12 +131,12 @@ def test_save_load_reproduces_logits_exactly(trained, tower, text_tower, tmp_pat
     path = save_adapter(model, str(tmp_path / "shapes_head"))
     assert path.endswith(".safetensors")
     shapes_ = tensor_shapes(path)
-    assert set(shapes_) == {"head.weight", "head.bias", "loss.log_scale"}  # only the trained tensors
+    assert set(shapes_) == {"head.weight", "head.bias", "loss.log_scale", "center.image"}  # trained + centre
     meta = read_adapter_metadata(path)
     assert meta["image_tower"]["fingerprint"] == tower.fingerprint
     assert meta["text_tower"]["fingerprint"] == text_tower.fingerprint
     assert meta["mode"] == "head" and meta["loss"] == "softmax" and meta["embed_dim"] == 64
-    assert meta["steps"] == 300 and meta["dataset_size"] == 200 and "i2t_r@1" in meta["metrics"]
+    assert meta["steps"] == 100 and meta["dataset_size"] == 200 and "i2t_r@1" in meta["metrics"]
     assert not glob.glob(str(tmp_path / ".tmp-*"))
     images = held_out[0][:6]
     texts = ["a red circle on a white background", "a blue square"]
@@ -149,8 +162,8 @@ def test_lora_and_sigmoid_train_save_load_under_inference_mode(tower, shapes, tm
     with torch.inference_mode():
         shared_text = load_text_tower()
         original = _state(shared_text.model)
-        model = LitModel(tower, shared_text, mode="lora", loss="sigmoid", lora_rank=4, lora_alpha=8)
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():  # what nodes/host.py's trainable() does
+            model = LitModel(tower, shared_text, mode="lora", loss="sigmoid", lora_rank=4, lora_alpha=8)
             result = train_locked(model, shapes, TrainConfig(steps=12, batch_size=16, lr=2e-3, grad_accum=2,
                                                              val_every=6))
         assert result.history[-1]["loss"] < result.history[0]["loss"]
@@ -160,9 +173,9 @@ def test_lora_and_sigmoid_train_save_load_under_inference_mode(tower, shapes, tm
         assert not any("lora" in n for n, _ in shared_text.model.named_modules())
         path = save_adapter(model, str(tmp_path / "lora.safetensors"))
         names = set(tensor_shapes(path))
-        assert {"head.weight", "loss.log_scale", "loss.bias"} <= names
-        # head weight+bias, scale, bias; then 6 layers x 6 linears x (A, B)
-        assert any(n.endswith("lora_A") for n in names) and len(names) == 4 + 6 * 6 * 2
+        assert {"head.weight", "loss.log_scale", "loss.bias", "center.image"} <= names
+        # head weight+bias, scale, bias, image centre; then 6 layers x 6 linears x (A, B)
+        assert any(n.endswith("lora_A") for n in names) and len(names) == 5 + 6 * 6 * 2
         loaded = load_adapter(path, tower, shared_text)
         images = torch.rand(3, 32, 32, 3)
         texts = ["a green triangle", "a yellow circle on a black background"]

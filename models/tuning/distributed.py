@@ -1,25 +1,18 @@
 """torch.distributed plumbing for locked tuning: process-group set-up from torchrun's environment, an all-gather
-that carries gradients, gradient all-reduce, and rank-0 atomic checkpoints.
+that carries gradients, gradient all-reduce (checkpoints live in ``checkpoints.py``).
 
 Everything degrades to a no-op in a single process, so the trainer has one code path.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from ..common.atomic import save_tensors_atomic
 from ..common.errors import LitError
-from ..common.safetensors_io import load_tensors, read_metadata
-
-CHECKPOINT_RE = re.compile(r"^ckpt-(\d{8})\.safetensors$")
 
 
 def is_dist() -> bool:
@@ -188,63 +181,3 @@ def split_sizes(n: int, parts: int) -> list[int]:
 
 
 # -- checkpoints ----------------------------------------------------------------------------------------------
-
-def latest_checkpoint(folder: str) -> str | None:
-    """The checkpoint of the highest step in ``folder`` (None when there is none)."""
-    if not folder or not os.path.isdir(folder):
-        return None
-    found = sorted(f for f in os.listdir(folder) if CHECKPOINT_RE.match(f))
-    return os.path.join(folder, found[-1]) if found else None
-
-
-def save_checkpoint(folder: str, step: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
-                    keep: int = 2) -> str | None:
-    """Rank 0 writes ``folder/ckpt-<step>.safetensors`` atomically (temp file + rename) and keeps the newest
-    ``keep``; other ranks write nothing. Every rank then waits, so no rank can run ahead of a checkpoint that a
-    crash would need."""
-    path = None
-    if is_main():
-        path = os.path.join(folder, f"ckpt-{step:08d}.safetensors")
-        save_tensors_atomic(tensors, path, metadata={"lit_checkpoint": json.dumps(meta)})
-        old = sorted(f for f in os.listdir(folder) if CHECKPOINT_RE.match(f))[:-keep]
-        for f in old:
-            try:
-                os.remove(os.path.join(folder, f))
-            except OSError:
-                pass
-    barrier()
-    return path
-
-
-def load_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and the JSON metadata of a checkpoint written by :func:`save_checkpoint`."""
-    meta = read_metadata(path, input_name="checkpoint_dir")
-    if "lit_checkpoint" not in meta:
-        raise LitError(f"'{path}' is not a LiT training checkpoint.", input_name="checkpoint_dir",
-                       fix="point --checkpoint-dir at a folder written by --checkpoint-every.")
-    return load_tensors(path, input_name="checkpoint_dir"), json.loads(meta["lit_checkpoint"])
-
-
-def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """An optimizer's state dict as named tensors + JSON-able rest (safetensors stores only tensors)."""
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"optim.{pid}.{k}"] = v
-            else:
-                scalars.setdefault(str(pid), {})[k] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for name, v in tensors.items():
-        if name.startswith("optim."):
-            _, pid, k = name.split(".", 2)
-            state.setdefault(int(pid), {})[k] = v
-    for pid, rest in meta["scalars"].items():
-        state.setdefault(int(pid), {}).update(rest)
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

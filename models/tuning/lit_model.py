@@ -45,6 +45,9 @@ class LitAdapter(nn.Module):
             self.head.weight.copy_(torch.empty_like(self.head.weight).uniform_(-bound, bound, generator=g))
             self.head.bias.zero_()
         self.loss = make_loss(loss)
+        # The training images' mean raw embedding, subtracted before normalising: a fixed statistic of the locked
+        # tower's outputs (like a BatchNorm mean), not a trained weight. Zero: no centring (older adapters).
+        self.register_buffer("image_center", torch.zeros(embed_dim))
 
     def forward(self, text_features: torch.Tensor) -> torch.Tensor:
         return self.head(text_features.to(self.head.weight.dtype))
@@ -65,17 +68,17 @@ class LitModel(nn.Module):
             raise LitError(f"unknown adapter mode '{mode}'.", input_name="mode", fix=f"use one of {', '.join(MODES)}.")
         if loss not in LOSSES:
             raise LitError(f"unknown loss '{loss}'.", input_name="loss", fix=f"use one of {', '.join(LOSSES)}.")
-        # Nodes run under inference mode; trainable tensors created there could never take gradients.
-        with torch.inference_mode(False):
-            self._build(image_tower, text_tower, mode, loss, lora_rank, lora_alpha, lora_targets, seed,
-                        mode != "head" if copy_text_tower is None else copy_text_tower)
+        # Under ComfyUI's inference mode trainable tensors could never take gradients: nodes build the model
+        # inside nodes/host.py's trainable(); the engine does not lift inference mode itself.
+        self._build(image_tower, text_tower, mode, loss, lora_rank, lora_alpha, lora_targets, seed,
+                    mode != "head" if copy_text_tower is None else copy_text_tower)
         # Filled by the trainer, written into the adapter's metadata.
         self.training_info: dict[str, Any] = {}
 
     def _build(self, image_tower, text_tower, mode: str, loss: str, lora_rank: int, lora_alpha: float,
                lora_targets: tuple[str, ...], seed: int, copy_text_tower: bool) -> None:
         if copy_text_tower:
-            text_tower = _clone_module(text_tower)
+            text_tower = copy.deepcopy(text_tower)  # also turns inference tensors into normal ones
         image_tower.requires_grad_(False)
         image_tower.eval()
         self.image_tower = image_tower
@@ -117,8 +120,15 @@ class LitModel(nn.Module):
         return self.normalize_image_features(self.image_tower.embed(images))
 
     def normalize_image_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Raw image-tower features (e.g. from the embedding cache) -> the shared space."""
-        return F.normalize(features.float(), dim=-1)
+        """Raw image-tower features (e.g. from the embedding cache) -> the shared space: centred on the training
+        images' mean (zero unless trained so), L2-normalised."""
+        center = self.adapter.image_center
+        return F.normalize(features.float() - center.to(features.device), dim=-1)
+
+    def set_image_center(self, mean: torch.Tensor) -> None:
+        """Centre image embeddings on ``mean`` (the training images' raw mean embedding)."""
+        with torch.no_grad():
+            self.adapter.image_center.copy_(mean.detach().float().to(self.adapter.image_center.device))
 
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """Pooled text-tower features ``[N, hidden]`` (before the head); differentiable in lora/full mode."""
@@ -161,6 +171,7 @@ class LitModel(nn.Module):
         """The trained tensors only, with stable names: ``head.*``, ``loss.*``, ``text.*`` (lora/full)."""
         out = {f"head.{k}": v for k, v in self.adapter.head.state_dict().items()}
         out.update({f"loss.{k}": v for k, v in self.adapter.loss.state_dict().items()})
+        out["center.image"] = self.adapter.image_center
         if self.mode == "lora":
             out.update({f"text.{k}": v for k, v in lora_state_dict(self.text_tower.model).items()})
         elif self.mode == "full":
@@ -172,8 +183,14 @@ class LitModel(nn.Module):
         head = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
         loss = {k[5:]: v for k, v in state.items() if k.startswith("loss.")}
         text = {k[5:]: v for k, v in state.items() if k.startswith("text.")}
-        with torch.inference_mode(False), torch.no_grad():
+        center = state.get("center.image")
+        with torch.no_grad():
             try:
+                if center is not None and center.shape != self.adapter.image_center.shape:
+                    raise RuntimeError(f"image centre of shape {tuple(center.shape)}")
+                # Adapters saved before centring existed have no centre: zero, as they were trained.
+                self.adapter.image_center.copy_(center if center is not None else torch.zeros_like(
+                    self.adapter.image_center))
                 self.adapter.head.load_state_dict(head, strict=strict)
                 self.adapter.loss.load_state_dict(loss, strict=strict)
                 if self.mode != "head":
@@ -205,26 +222,6 @@ class LitModel(nn.Module):
         }
 
 
-def _clone_module(tower: nn.Module) -> nn.Module:
-    """A deep copy that also works for inference tensors (weights loaded inside ComfyUI's inference mode)."""
-    clone = copy.copy(tower)
-    clone.__dict__ = dict(tower.__dict__)
-    clone._modules = {}
-    for name, sub in tower._modules.items():
-        clone._modules[name] = copy.deepcopy(sub)
-    clone._parameters = {k: (nn.Parameter(v.detach().clone(), v.requires_grad) if v is not None else None)
-                         for k, v in tower._parameters.items()}
-    clone._buffers = {k: (v.detach().clone() if v is not None else None) for k, v in tower._buffers.items()}
-    for mod in clone.modules():
-        for k, p in list(mod._parameters.items()):
-            if p is not None and p.is_inference():
-                mod._parameters[k] = nn.Parameter(p.detach().clone(), p.requires_grad)
-        for k, b in list(mod._buffers.items()):
-            if b is not None and b.is_inference():
-                mod._buffers[k] = b.detach().clone()
-    return clone
-
-
 def save_adapter(model: LitModel, path: str, *, extra: dict[str, Any] | None = None, overwrite: bool = True,
                  unique: bool = False) -> str:
     """Write the trained tensors (never the towers) to ``path`` (``.safetensors``) atomically; the JSON metadata
@@ -244,11 +241,45 @@ def read_adapter_metadata(path: str) -> dict[str, Any]:
     if meta.get("format") != FORMAT or "lit" not in meta:
         raise LitError(f"'{os.path.basename(path)}' is not a LiT adapter (no '{FORMAT}' metadata).",
                        input_name="adapter", fix="choose a file saved by 'LiT Save Adapter' or the CLI.")
-    info = json.loads(meta["lit"])
+    name = os.path.basename(path)
+    try:
+        info = json.loads(meta["lit"])
+    except (json.JSONDecodeError, TypeError):
+        info = None
+    if not isinstance(info, dict):
+        raise LitError(f"'{name}' has damaged LiT metadata (not a JSON object).", input_name="adapter",
+                       fix="re-save the adapter, or choose another file.")
+    problems = _metadata_problems(info)
+    if problems:
+        raise LitError(f"'{name}' has damaged LiT metadata: {'; '.join(problems)}.", input_name="adapter",
+                       fix="re-save the adapter, or choose another file.")
     if int(info.get("format_version", 0)) > FORMAT_VERSION:
         raise LitError(f"'{os.path.basename(path)}' was saved by a newer ComfyUI-LiT (format "
                        f"{info.get('format_version')}).", input_name="adapter", fix="update ComfyUI-LiT.")
     return info
+
+
+def _metadata_problems(info: dict[str, Any]) -> list[str]:
+    out = []
+    if info.get("mode") not in MODES:
+        out.append(f"mode {info.get('mode')!r} is not one of {', '.join(MODES)}")
+    if info.get("loss") not in LOSSES:
+        out.append(f"loss {info.get('loss')!r} is not one of {', '.join(LOSSES)}")
+    for key in ("format_version", "lora_rank", "embed_dim", "text_hidden_size"):
+        value = info.get(key, 0)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, str))
+                                  or not str(value).strip().lstrip("-").isdigit()):
+            out.append(f"{key} {value!r} is not an integer")
+    if info.get("mode") == "lora" and str(info.get("lora_rank", "8")).isdigit() and int(info.get("lora_rank", 8)) < 1:
+        out.append(f"lora_rank {info.get('lora_rank')!r} is not a positive integer")
+    try:
+        float(info.get("lora_alpha") or 0.0)
+    except (TypeError, ValueError):
+        out.append(f"lora_alpha {info.get('lora_alpha')!r} is not a number")
+    for key in ("image_tower", "text_tower"):
+        if not isinstance(info.get(key, {}), dict):
+            out.append(f"{key} is not an object")
+    return out
 
 
 def load_adapter(path: str, image_tower, text_tower, *, force: bool = False,

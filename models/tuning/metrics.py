@@ -60,3 +60,16 @@ def evaluate(image_emb: torch.Tensor, captions: list[list[str]], encode_text, *,
         out["zero_shot_acc"] = zero_shot_accuracy(image_emb, label_emb, targets)
         out["chance"] = 1.0 / len(class_names)
     return out
+
+
+@torch.no_grad()
+def pair_loss(loss_fn, image_emb: torch.Tensor, captions: list[list[str]], encode_text) -> float:
+    """The training loss over a whole held-out set: every image against every distinct caption, each image's own
+    captions its positives. Smooth in the weights, so it is a low-noise criterion for keeping the best state."""
+    texts, rel = _unique_texts(captions)
+    text_emb = encode_text(texts).to(image_emb.device).float()
+    # Each text once as a "row": its image is the (first) image it describes.
+    owner = rel.float().argmax(0)
+    img = image_emb.float()[owner.to(image_emb.device)]
+    pos = rel[owner].to(image_emb.device)  # text j's image vs all texts: positives where that image has the text
+    return float(loss_fn(img, text_emb, positives=pos))
