@@ -6,7 +6,7 @@
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 import { categoryStyle, nodeIdCandidates, widgetKindFor } from "./lib/appearance.js";
-import { probabilityRows, scoreRows } from "./lib/bars.js";
+import { compactPayload, probabilityRows, scoreRows } from "./lib/bars.js";
 import { comparePairs, viewPath } from "./lib/slider.js";
 import { TRAIN_EVENT, applyTrainEvent, restoreTrainState } from "./lib/train_chart.js";
 import { createBarsView } from "./widgets/bars_view.js";
@@ -75,16 +75,24 @@ function imageUrl(ref) {
   return typeof api.apiURL === "function" ? api.apiURL(path) : path;
 }
 
-function renderFromProperties(node) {
+export function renderFromProperties(node) {
   const view = node.litView;
   if (!view) return;
   const saved = node.properties?.[PROP[node.litKind]];
-  if (node.litKind === "train_chart") view.render(restoreTrainState(saved));
-  else if (node.litKind === "bars") view.render(renderBars(saved));
-  else if (node.litKind === "compare") view.render(comparePairs(saved));
+  try {
+    if (node.litKind === "train_chart") view.render(restoreTrainState(saved));
+    else if (node.litKind === "bars") view.render(renderBars(saved));
+    else if (node.litKind === "compare") view.render(comparePairs(saved));
+  } catch (err) {
+    // A saved result this version cannot draw must never break loading the workflow: drop it and say so.
+    console.warn("[ComfyUI-LiT] could not redraw the saved result; it is cleared (run the node again).", err);
+    if (node.properties) delete node.properties[PROP[node.litKind]];
+    try { view.render(node.litKind === "compare" ? [] : node.litKind === "bars" ? { images: [] } : restoreTrainState(null)); }
+    catch { /* the view stays empty */ }
+  }
 }
 
-function renderBars(saved) {
+export function renderBars(saved) {
   if (!saved) return { images: [] };
   return saved.kind === "scores" ? scoreRows(saved.data) : probabilityRows(saved.data);
 }
@@ -140,11 +148,12 @@ function onExecutedFor(node, message) {
     node.properties[PROP.train_chart] = state;
     node.litView.render(state);
   } else if (node.litKind === "bars") {
-    const saved = message.lit_probs ? { kind: "probs", data: message.lit_probs[0] }
-      : message.lit_scores ? { kind: "scores", data: message.lit_scores[0] } : null;
-    if (!saved) return;
-    node.properties[PROP.bars] = saved;
-    node.litView.render(renderBars(saved));
+    const kind = message.lit_probs ? "probs" : message.lit_scores ? "scores" : null;
+    if (!kind) return;
+    const full = { kind, data: (kind === "probs" ? message.lit_probs : message.lit_scores)[0] };
+    node.litView.render(renderBars(full));
+    // Saved with the workflow: only what is drawn, so a huge result stays small and redraws cheaply on reload.
+    node.properties[PROP.bars] = { kind, data: compactPayload(kind, full.data) };
   } else if (node.litKind === "compare") {
     const pairs = comparePairs(message.lit_compare);
     if (!pairs.length) return;
