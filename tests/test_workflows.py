@@ -165,3 +165,18 @@ def test_restore_workflow_runs_end_to_end():
         return float(-10 * torch.log10(((a - b) ** 2).mean()))
 
     assert psnr(restored, photo) > psnr(damaged, photo) + 5
+
+
+def test_classify_without_an_adapter_says_to_run_the_train_template_first(tmp_path, monkeypatch):
+    """A new user who opens the classify template first gets told the order, not "'(no adapters…)' not found"."""
+    from comfyui_lit.models.common.errors import LitError
+    from comfyui_lit.nodes.tuning import LiTLoadAdapter
+
+    monkeypatch.setenv("COMFYUI_LIT_MODELS", str(tmp_path / "models"))
+    (choice,) = LiTLoadAdapter.INPUT_TYPES()["required"]["adapter"][0]
+    with pytest.raises(LitError) as err, torch.inference_mode():
+        LiTLoadAdapter().load(None, None, choice)
+    msg = str(err.value)
+    assert "[LiT Load Adapter]" in msg and "'adapter'" in msg and "Fix:" in msg
+    train = [os.path.basename(p)[:-5] for p in WORKFLOWS if "LiTSaveAdapter" in open(p, encoding="utf-8").read()]
+    assert train and train[0] in msg, msg

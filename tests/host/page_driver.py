@@ -123,7 +123,8 @@ async def drive(a: argparse.Namespace) -> dict:
                     elif d.get("method") == "Log.entryAdded":
                         e = d["params"]["entry"]
                         if e.get("level") == "error":
-                            result["console"].append({"level": "log-error", "text": e.get("text", "")[:1000]})
+                            result["console"].append({"level": "log-error",
+                                                      "text": (e.get("text", "") + " " + e.get("url", ""))[:1000]})
 
             task = asyncio.create_task(reader())
 
@@ -226,7 +227,7 @@ def main() -> None:
     ap.add_argument("--reload", action="store_true")
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--screenshot")
-    ap.add_argument("--scale", default="0.8")
+    ap.add_argument("--scale", default="0.7")
     ap.add_argument("--size", default="1600,1000")
     a = ap.parse_args()
     json.dump(asyncio.run(drive(a)), sys.stdout)
