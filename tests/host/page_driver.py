@@ -47,6 +47,7 @@ WIDGET_FACTS = r"""
       barRows: el ? el.querySelectorAll(".lit-bar-row").length : 0,
       barLabels: el ? [...el.querySelectorAll(".lit-bar-label")].map((x) => x.textContent).slice(0, 50) : [],
       compareCount: el?.dataset?.count ?? null,
+      savedPath: el?.dataset?.path ?? null,
       trainStep: el?.dataset?.step ?? null, trainDone: el?.dataset?.done ?? null,
       trainPoints: (n.properties?.lit_train?.series ?? n.properties?.lit_train?.history ?? null) ? true : false,
       saved: JSON.stringify(n.properties ?? {}).length,

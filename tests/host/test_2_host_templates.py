@@ -204,6 +204,9 @@ def _check_widgets(name, api, outputs, run):
         elif kind in ("LiTRestorationSampler", "LiTEnhancementSampler"):
             assert w and w["compareCount"] == str(len(ui["lit_compare"])), (name, w)
             assert reloaded[nid]["compareCount"] == w["compareCount"], "slider lost after reload"
+        elif kind == "LiTSaveAdapter":
+            assert w and w["savedPath"] == ui["text"][0], (name, w)
+            assert reloaded[nid]["savedPath"] == w["savedPath"], "saved path lost after reload"
         elif kind == "LiTLockedTuning":
             assert w and w["trainDone"] == "true" and int(w["trainStep"]) >= 1, (name, w)
             assert reloaded[nid]["trainStep"] == w["trainStep"], "chart lost after reload"
