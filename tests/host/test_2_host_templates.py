@@ -114,6 +114,12 @@ def test_template_runs_in_the_real_front_end(comfy, update_screenshots, path):
 
     _check_outputs(comfy, name, api, outputs)
     _check_widgets(name, api, outputs, run)
+    if shot:
+        # The Templates dialog's thumbnail (<name>.jpg beside the template): the real graph after its run.
+        with Image.open(shot) as im:
+            thumb = im.convert("RGB")
+            thumb.thumbnail((640, 640))
+            thumb.save(path.with_suffix(".jpg"), quality=85)
 
 
 def _input_photo(comfy, api, node_id) -> np.ndarray | None:
