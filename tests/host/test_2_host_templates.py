@@ -65,9 +65,20 @@ RECORDED_UI = {"LiTZeroShotClassify": RECORDED["classify_ui"], "LiTScore": RECOR
                "LiTRestorationSampler": RECORDED["compare_ui"], "LiTEnhancementSampler": RECORDED["compare_ui"]}
 
 
+# Failed loads that are the host's business on a fresh user, not the pack's: optional user files
+# (user.css, userdata listings, comfy.templates.json), the favicon, the release check on api.comfy.org. A failed
+# load of anything of ours (our extension, templates, previews, the prompt) still counts.
+OUR_URLS = (f"/extensions/{PACK_NAME}/", f"/workflow_templates/{PACK_NAME}/", "/view?", "/api/prompt")
+
+
 def _console_errors(run: dict) -> list[str]:
-    errs = [e for e in run["exceptions"]]
-    errs += [c["text"] for c in run["console"] if c["level"] in ("error", "log-error", "assert")]
+    errs = list(run["exceptions"])
+    for c in run["console"]:
+        if c["level"] == "log-error" and c["text"].startswith("Failed to load resource"):
+            if any(u in c["text"] for u in OUR_URLS):
+                errs.append(c["text"])
+        elif c["level"] in ("error", "log-error", "assert"):
+            errs.append(c["text"])
     return [e for e in errs if not any(k in e for k in KNOWN_FRONTEND_ERRORS)]
 
 
