@@ -209,8 +209,9 @@ def _check_widgets(name, api, outputs, run):
     for nid, node in api.items():
         kind, ui = node["class_type"], outputs.get(nid, {})
         if kind in RECORDED_UI:
-            recorded = {k: v for k, v in RECORDED_UI[kind].items() if k in ui or k.startswith("lit_")}
-            assert _shape(ui) == _shape(recorded), (kind, _shape(ui), _shape(recorded))
+            recorded = RECORDED_UI[kind]
+            assert set(recorded) <= set(ui), (kind, sorted(ui), sorted(recorded))
+            assert _shape({k: ui[k] for k in recorded}) == _shape(recorded), (kind, _shape(ui), _shape(recorded))
         w = widgets.get(nid)
         if kind in ("LiTZeroShotClassify", "LiTScore"):
             assert w and w["barsImages"] >= 1 and w["barRows"] >= 1, (name, w)
