@@ -199,6 +199,9 @@ class LiTSaveAdapter:
         return {"ui": {"text": [f"saved {path}{note}"]}, "result": (path,)}
 
 
+NO_ADAPTERS = "(no adapters in models/lit: run the train template first)"
+
+
 class LiTLoadAdapter:
     DISPLAY = "LiT Load Adapter"
     DESCRIPTION = ("Loads a saved LiT adapter onto its text and image encoders. Loading onto other encoders than it "
@@ -214,7 +217,7 @@ class LiTLoadAdapter:
         return {"required": {
             "image_tower": ("LIT_IMAGE_TOWER", {"tooltip": "The locked image encoder it was trained with."}),
             "text_tower": ("LIT_TEXT_TOWER", {"tooltip": "The text encoder it was trained with."}),
-            "adapter": (list_models(LIT_FOLDER, include_dirs=False) or ["(no adapters in models/lit)"],
+            "adapter": (list_models(LIT_FOLDER, include_dirs=False) or [NO_ADAPTERS],
                         {"tooltip": "A .safetensors adapter from models/lit."}),
             "force": ("BOOLEAN", {"default": False, "tooltip": "Load even if the encoders' fingerprints differ "
                                                                "(dimensions must still match)."}),
@@ -222,6 +225,10 @@ class LiTLoadAdapter:
 
     @with_node_errors(DISPLAY)
     def load(self, image_tower, text_tower, adapter: str, force: bool = False):
+        if not adapter or adapter == NO_ADAPTERS:
+            raise LitError("there is no adapter in models/lit yet.", input_name="adapter",
+                           fix="run the template 'lit_1_train_adapter_run_first' first (it saves "
+                               "models/lit/my_lit_adapter.safetensors), then press R to refresh this list.")
         path = resolve_model(LIT_FOLDER, adapter, input_name="adapter", node=self.DISPLAY)
         check_interrupted()
         info = read_adapter_metadata(path)

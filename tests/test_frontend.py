@@ -183,6 +183,11 @@ def test_classify_big_batch_scrolls(page_result: dict) -> None:
     assert big["images"] == 16 and "4 more" in big["more"]
     assert big["scrollable"] is True
     assert page_result["classifySaved"] == "probs"
+    # Issue 14 item 10: 160k scores drew (16 x 20 rows), were saved small, and reloads (also of junk) did not throw.
+    huge = page_result["scoresHuge"]
+    assert "error" not in huge, huge
+    assert huge["rows"] == huge["reloadedRows"] == 16 * 20, huge
+    assert huge["savedChars"] < 200_000, huge
 
 
 def test_score_bars(page_result: dict) -> None:

@@ -163,3 +163,171 @@ def test_suite_runs_from_a_clone_named_like_the_readme_says(tmp_path):
                          cwd=clone, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout
+
+
+# ---- Registry / Manager readiness (issue 19) -------------------------------------------------------------------
+
+def _pyproject() -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        return tomllib.load(fh)
+
+
+def _comfyignore() -> list[str]:
+    with open(os.path.join(ROOT, ".comfyignore"), encoding="utf-8") as fh:
+        return [line.strip() for line in fh if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _ignored(rel: str, patterns: list[str]) -> bool:
+    """gitignore-style matching, enough for the patterns we use (dir/, *.ext, name)."""
+    import fnmatch
+
+    parts = rel.split("/")
+    for pat in patterns:
+        if pat.endswith("/"):
+            name = pat.rstrip("/").lstrip("/")
+            if "/" in name:
+                if rel.startswith(name + "/"):
+                    return True
+            elif name in parts[:-1]:
+                return True
+        elif any(fnmatch.fnmatch(p, pat) for p in parts):
+            return True
+    return False
+
+
+def _shipped_files() -> list[str]:
+    """What `comfy node publish` would pack: the git-tracked files not excluded by .comfyignore."""
+    listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
+    files = subprocess.run(listing, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    patterns = _comfyignore()
+    return [f for f in files if os.path.exists(os.path.join(ROOT, f)) and not _ignored(f, patterns)]
+
+
+def test_license_file_matches_pyproject():
+    license_ = _pyproject()["project"]["license"]
+    spdx = license_.get("text") if isinstance(license_, dict) else license_
+    assert spdx == "Apache-2.0"
+    text = open(os.path.join(ROOT, "LICENSE"), encoding="utf-8").read()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text and len(text) > 10000
+
+
+def test_icon_and_urls_point_at_this_repository():
+    meta = _pyproject()
+    urls = meta["project"].get("urls", {})
+    placeholders = ("example.com", "your-", "yourname", "<", "TODO", "xxx", "changeme")
+    for key, url in urls.items():
+        assert url.startswith("https://") and not any(p in url for p in placeholders), (key, url)
+    repo = urls.get("Repository", "").rstrip("/")
+    icon = meta["tool"]["comfy"].get("Icon")
+    if icon:
+        # raw.githubusercontent.com/<owner>/<repo>/<branch>/<path>: the same repository, a file that exists in it.
+        prefix = "https://raw.githubusercontent.com/"
+        assert icon.startswith(prefix), icon
+        owner, name, _branch, *path = icon[len(prefix):].split("/")
+        assert repo == f"https://github.com/{owner}/{name}", (icon, repo)
+        rel = os.path.join(ROOT, *path)
+        assert os.path.isfile(rel), f"Icon points at {'/'.join(path)}, which is not in the repository"
+        from PIL import Image
+        with Image.open(rel) as im:
+            assert im.format == "PNG" and im.size[0] == im.size[1] >= 128
+
+
+def test_comfyignore_keeps_tests_bench_and_docs_out():
+    shipped = _shipped_files()
+    assert shipped and "__init__.py" in shipped and "pyproject.toml" in shipped
+    assert "LICENSE" in shipped and "requirements.txt" in shipped
+    for top in ("tests/", "bench/", "docs/", ".ci/"):
+        assert not [f for f in shipped if f.startswith(top)], top
+    # What the node needs at run time is shipped.
+    for needed in ("web/js/lit_extension.js", "nodes/__init__.py", "models/__init__.py"):
+        assert needed in shipped, needed
+
+
+def test_every_template_has_a_jpg_thumbnail():
+    from PIL import Image
+
+    templates = sorted(f for f in os.listdir(os.path.join(ROOT, "example_workflows")) if f.endswith(".json"))
+    assert templates
+    for name in templates:
+        thumb = os.path.join(ROOT, "example_workflows", name[:-5] + ".jpg")
+        assert os.path.isfile(thumb), f"{name} has no thumbnail {os.path.basename(thumb)}"
+        with Image.open(thumb) as im:
+            assert im.format == "JPEG" and min(im.size) >= 100, (name, im.format, im.size)
+
+
+def test_templates_have_descriptive_text():
+    """A template shows as its file name unless it says what it does; ours carry a Note saying what and how."""
+    import json
+
+    folder = os.path.join(ROOT, "example_workflows")
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".json")):
+        wf = json.load(open(os.path.join(folder, name), encoding="utf-8"))
+        notes = [n for n in wf["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+        assert notes, f"{name} has no Note node explaining it"
+        text = " ".join(str(v) for n in notes for v in n.get("widgets_values", []))
+        assert len(text) > 80, (name, text)
+
+
+SCANNED_IMPORTS = {"subprocess", "socket", "requests", "httpx", "aiohttp", "urllib.request", "http.client", "pip",
+                   "ftplib", "telnetlib"}
+
+
+def test_shipped_code_has_none_of_the_registry_scanners_patterns():
+    import ast
+    import re
+
+    problems = []
+    for rel in _shipped_files():
+        path = os.path.join(ROOT, rel)
+        if rel.endswith(".py"):
+            tree = ast.parse(open(path, encoding="utf-8").read(), rel)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                    if node.func.id in ("eval", "exec", "__import__"):
+                        problems.append(f"{rel}:{node.lineno} {node.func.id}()")
+                    if node.func.id == "compile":
+                        problems.append(f"{rel}:{node.lineno} compile()")
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                    base = node.func.value
+                    if isinstance(base, ast.Name) and base.id == "os" and node.func.attr in (
+                            "system", "popen", "execv", "execvp", "spawnv", "spawnl", "startfile"):
+                        problems.append(f"{rel}:{node.lineno} os.{node.func.attr}()")
+                    if node.func.attr in ("hf_hub_download", "snapshot_download", "urlretrieve", "urlopen"):
+                        problems.append(f"{rel}:{node.lineno} {node.func.attr}() (network)")
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                    for n in names:
+                        if n in SCANNED_IMPORTS or n.split(".")[0] in ("subprocess", "requests", "httpx", "pip"):
+                            problems.append(f"{rel}:{node.lineno} import {n}")
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    if re.search(r"-m\s+pip\s+install|pip\.main|ensurepip", node.value):
+                        problems.append(f"{rel}:{node.lineno} runtime install string")
+                    if re.match(r"https?://", node.value) and "raw.githubusercontent" not in node.value:
+                        problems.append(f"{rel}:{node.lineno} URL literal {node.value[:60]}")
+        elif rel.endswith((".js", ".mjs")):
+            text = open(path, encoding="utf-8").read()
+            for pat in (r"\beval\s*\(", r"new\s+Function\s*\(", r"fetch\s*\(\s*['\"`]https?://",
+                        r"import\s*\(\s*['\"`]https?://", r"XMLHttpRequest"):
+                for m in re.finditer(pat, text):
+                    problems.append(f"{rel}:{text[:m.start()].count(chr(10)) + 1} {m.group(0)}")
+    assert not problems, "\n".join(problems)
+
+
+def test_requirements_never_touch_torch_or_triton():
+    import re
+
+    lines = [line.split("#")[0].strip() for line in open(os.path.join(ROOT, "requirements.txt"), encoding="utf-8")]
+    names = [re.split(r"[<>=!~;\[ ]", line)[0].lower() for line in lines if line]
+    assert names
+    for bad in ("torch", "torchvision", "torchaudio", "triton", "xformers", "nvidia-"):
+        assert not [n for n in names if n == bad or n.startswith(bad + "-") or (bad.endswith("-") and
+                                                                                n.startswith(bad))], bad
+    assert not [line for line in lines if line.startswith("-")], "no pip options (Manager installs line by line)"
+    # pyproject's dependencies are what `pip install .` gets: the same set, plus torch (unpinned, ComfyUI's own).
+    deps = [re.split(r"[<>=!~;\[ ]", d)[0].lower() for d in _pyproject()["project"]["dependencies"]]
+    assert set(deps) - {"torch"} == set(names), (sorted(deps), sorted(names))

@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "example_workflows", "*.json")))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 CORE_NODES = {"LoadImage", "PreviewImage", "PreviewAny", "SaveImage", "LoadImageMask"}
+NOTE_NODES = {"Note", "MarkdownNote"}  # shown in the editor, never executed
 
 
 def _widget_names(cls) -> list[str]:
@@ -42,7 +43,7 @@ def _load(path):
 
 def test_there_are_example_workflows():
     names = {os.path.basename(p) for p in WORKFLOWS}
-    assert {"lit_train_adapter.json", "lit_classify_and_select.json"} <= names
+    assert {"lit_1_train_adapter_run_first.json", "lit_2_classify_and_select.json"} <= names
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[os.path.basename(p) for p in WORKFLOWS])
@@ -50,7 +51,7 @@ def test_workflow_matches_the_node_schemas(path):
     wf = _load(path)
     nodes = {n["id"]: n for n in wf["nodes"]}
     for n in wf["nodes"]:
-        assert n["type"] in comfyui_lit.NODE_CLASS_MAPPINGS or n["type"] in CORE_NODES, n["type"]
+        assert n["type"] in comfyui_lit.NODE_CLASS_MAPPINGS or n["type"] in CORE_NODES | NOTE_NODES, n["type"]
         cls = comfyui_lit.NODE_CLASS_MAPPINGS.get(n["type"])
         if cls is None:
             continue
@@ -106,8 +107,9 @@ def _run_graph(wf, core):
         return results[node_id]
 
     with torch.inference_mode():
-        for node_id in nodes:
-            run(node_id)
+        for node_id, node in nodes.items():
+            if node["type"] not in NOTE_NODES:
+                run(node_id)
     return results
 
 
@@ -122,7 +124,7 @@ def test_train_then_classify_workflows_run_end_to_end(tmp_path, monkeypatch):
     core = {"PreviewAny": lambda source: shown.append(source) or (),
             "PreviewImage": lambda images: shown.append(images) or ()}
 
-    train = _load(os.path.join(ROOT, "example_workflows", "lit_train_adapter.json"))
+    train = _load(os.path.join(ROOT, "example_workflows", "lit_1_train_adapter_run_first.json"))
     for n in train["nodes"]:  # keep CI quick: few steps and the cheap adapter mode
         if n["type"] == "LiTLockedTuning":
             _set_widget(n, "mode", "head")
@@ -133,13 +135,13 @@ def test_train_then_classify_workflows_run_end_to_end(tmp_path, monkeypatch):
 
     images, _, _ = synthetic_shapes(3, seed=1)
     core["LoadImage"] = lambda: (images, torch.zeros(3, 32, 32))
-    classify = _load(os.path.join(ROOT, "example_workflows", "lit_classify_and_select.json"))
+    classify = _load(os.path.join(ROOT, "example_workflows", "lit_2_classify_and_select.json"))
     _run_graph(classify, core)
     table, picked = shown[1], shown[2]
     assert table.splitlines()[0].startswith("image") and len(table.splitlines()) == 2 + 3
     assert picked.shape == (1, 32, 32, 3)
 
-    enhance = _load(os.path.join(ROOT, "example_workflows", "lit_enhance_photo.json"))
+    enhance = _load(os.path.join(ROOT, "example_workflows", "lit_3_enhance_photo.json"))
     for n in enhance["nodes"]:
         if n["type"] == "LiTEnhancementSampler":
             _set_widget(n, "steps", 3)
@@ -156,10 +158,25 @@ def test_restore_workflow_runs_end_to_end():
     shown = []
     core = {"LoadImage": lambda: (photo, torch.zeros(1, 96, 96)),
             "PreviewImage": lambda images: shown.append(images) or ()}
-    _run_graph(_load(os.path.join(ROOT, "example_workflows", "lit_restore_photo.json")), core)
+    _run_graph(_load(os.path.join(ROOT, "example_workflows", "lit_4_restore_photo.json")), core)
     damaged, restored = shown
 
     def psnr(a, b):
         return float(-10 * torch.log10(((a - b) ** 2).mean()))
 
     assert psnr(restored, photo) > psnr(damaged, photo) + 5
+
+
+def test_classify_without_an_adapter_says_to_run_the_train_template_first(tmp_path, monkeypatch):
+    """A new user who opens the classify template first gets told the order, not "'(no adapters…)' not found"."""
+    from comfyui_lit.models.common.errors import LitError
+    from comfyui_lit.nodes.tuning import LiTLoadAdapter
+
+    monkeypatch.setenv("COMFYUI_LIT_MODELS", str(tmp_path / "models"))
+    (choice,) = LiTLoadAdapter.INPUT_TYPES()["required"]["adapter"][0]
+    with pytest.raises(LitError) as err, torch.inference_mode():
+        LiTLoadAdapter().load(None, None, choice)
+    msg = str(err.value)
+    assert "[LiT Load Adapter]" in msg and "'adapter'" in msg and "Fix:" in msg
+    train = [os.path.basename(p)[:-5] for p in WORKFLOWS if "LiTSaveAdapter" in open(p, encoding="utf-8").read()]
+    assert train and train[0] in msg, msg

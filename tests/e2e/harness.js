@@ -225,6 +225,27 @@ async function main() {
   await frame();
   out.classifyBig = barFacts(big);
   out.classifySaved = JSON.parse(JSON.stringify(big.properties)).lit_bars?.kind ?? null;
+  // 16 images x 10k prompts (issue 14): drawing must not overflow the stack, the saved copy must stay small,
+  // and a reload from it (and from a payload this version cannot draw) must not throw.
+  const huge = await makeNode(ext, NODE_DEFS[2], 102);
+  const prompts = Array.from({ length: 10000 }, (_, i) => `prompt ${i}`);
+  const scores = Array.from({ length: 16 }, (_, r) => prompts.map((_, i) => Math.sin(i * 12.9898 + r * 78.233)));
+  try {
+    huge.onExecuted({ lit_scores: [{ prompts, scores }] });
+    await frame();
+    const saved = JSON.stringify(huge.properties);
+    const again = await makeNode(ext, NODE_DEFS[2], 103);
+    again.properties = JSON.parse(saved);
+    again.onConfigure?.({});
+    await frame();
+    const broken = await makeNode(ext, NODE_DEFS[2], 104);
+    broken.properties = { lit_bars: { kind: "scores", data: { prompts: 5, scores: { length: 1e9 } } } };
+    broken.onConfigure?.({});
+    out.scoresHuge = { rows: huge.box.querySelectorAll(".lit-bar-row").length, savedChars: saved.length,
+                       reloadedRows: again.box.querySelectorAll(".lit-bar-row").length, brokenOk: true };
+  } catch (e) {
+    out.scoresHuge = { error: String(e && e.stack || e) };
+  }
 
   nodes.LiTRestorationSampler.onExecuted(fx.compare_ui);
   out.compareEmpty = nodes.LiTEnhancementSampler.box.querySelector(".lit-compare").dataset.count;

@@ -39,3 +39,7 @@ test("event node ids: plain, subgraph paths, junk", () => {
   assert.deepEqual(nodeIdCandidates(null), []);
   assert.deepEqual(nodeIdCandidates("abc"), ["abc"]);
 });
+
+test("Save Adapter gets a view of the path it wrote", () => {
+  assert.equal(widgetKindFor("LiTSaveAdapter"), "saved");
+});

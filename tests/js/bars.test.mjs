@@ -69,3 +69,42 @@ test("score rows: missing prompt names and non-numbers are handled", () => {
   assert.equal(firstPayload([1, 2]), 1);
   assert.equal(firstPayload(3), 3);
 });
+
+// Issue 14 item 10: 16 images x 10k prompts threw "RangeError: Maximum call stack size exceeded" (Math.min(...all)),
+// and the full payload was saved with the node, so reloading the workflow threw again.
+function hugeScores(images = 16, prompts = 10000) {
+  let seed = 7;
+  const rand = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648) * 2 - 1;
+  return { prompts: Array.from({ length: prompts }, (_, i) => `prompt ${i}`),
+           scores: Array.from({ length: images }, () => Array.from({ length: prompts }, rand)) };
+}
+
+test("score rows: 160k scores draw without overflowing the stack, only the best prompts per image", () => {
+  const data = hugeScores();
+  const lay = scoreRows([data], { maxPrompts: 20 });
+  assert.equal(lay.images.length, 16);
+  for (const [i, img] of lay.images.entries()) {
+    assert.equal(img.rows.length, 20);
+    assert.equal(img.hiddenRows, 9980);
+    const best = Math.max(...data.scores[i]); // one image's 10k values still fit a spread
+    assert.equal(img.rows.filter((r) => r.best).length, 1);
+    assert.equal(img.rows.find((r) => r.best).value, best);
+    const cut = [...data.scores[i]].sort((a, b) => b - a)[19];
+    assert.ok(img.rows.every((r) => r.value >= cut));
+  }
+  const flat = data.scores.flat();
+  assert.deepEqual(lay.range, [flat.reduce((a, b) => Math.min(a, b), 0), flat.reduce((a, b) => Math.max(a, b), 0)]);
+});
+
+test("the payload saved for a reload is small and redraws the very same bars", async () => {
+  const { compactPayload } = await import("../../web/js/lib/bars.js");
+  const data = hugeScores();
+  const saved = compactPayload("scores", [data]);
+  assert.ok(JSON.stringify(saved).length < 200_000, "saved payload should be small");
+  assert.deepEqual(scoreRows(saved), scoreRows(data));
+  const probs = { labels: ["a", "b", "c"], images: Array.from({ length: 40 }, () => [{ label: "a", p: 0.5 },
+    { label: "b", p: 0.3 }, { label: "c", p: 0.2 }]) };
+  const savedProbs = compactPayload("probs", probs, { topK: 2 });
+  assert.equal(savedProbs.images.length, 16);
+  assert.deepEqual(probabilityRows(savedProbs, { topK: 2 }), probabilityRows(probs, { topK: 2 }));
+});

@@ -124,3 +124,23 @@ test("empty state: no lines, a hint, sane ranges", () => {
   const [lo, hi] = lossRange([[1, 2], [2, 2]]);
   assert.ok(lo < 2 && hi > 2);
 });
+
+// Issue 19 (real run): two recall series with equal values hid each other, and the last x label ("300") ran into
+// the right axis' "0%".
+test("recall directions are told apart and the x end labels align inwards", async () => {
+  const { chartLayout, applyTrainEvent, emptyTrainState } = await import("../../web/js/lib/train_chart.js");
+  let s = emptyTrainState();
+  for (const step of [10, 20]) {
+    s = applyTrainEvent(s, { step, total: 300, metrics: { loss: 1 / step, "val_i2t_r@1": 0.5, "val_t2i_r@1": 0.5 } });
+  }
+  const lay = chartLayout(s, 400, 160);
+  const i2t = lay.lines.find((l) => l.key === "i2t_r@1");
+  const t2i = lay.lines.find((l) => l.key === "t2i_r@1");
+  assert.deepEqual(i2t.points, t2i.points); // same values, same pixels ...
+  assert.notDeepEqual([i2t.dash, i2t.marker], [t2i.dash, t2i.marker]); // ... but drawn differently
+  const last = lay.xTicks[lay.xTicks.length - 1];
+  assert.equal(last.text, "300");
+  assert.equal(last.align, "right");
+  assert.ok(last.x <= lay.plot.x + lay.plot.w + 1e-9);
+  assert.equal(lay.xTicks[0].align, "left");
+});

@@ -6,7 +6,7 @@
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 import { categoryStyle, nodeIdCandidates, widgetKindFor } from "./lib/appearance.js";
-import { probabilityRows, scoreRows } from "./lib/bars.js";
+import { compactPayload, probabilityRows, scoreRows } from "./lib/bars.js";
 import { comparePairs, viewPath } from "./lib/slider.js";
 import { TRAIN_EVENT, applyTrainEvent, restoreTrainState } from "./lib/train_chart.js";
 import { createBarsView } from "./widgets/bars_view.js";
@@ -14,7 +14,7 @@ import { createCompareView } from "./widgets/compare_view.js";
 import { createTrainChartView } from "./widgets/train_chart_view.js";
 
 // Saved on the node (node.properties travel with the workflow), so results survive a page reload.
-const PROP = { train_chart: "lit_train", bars: "lit_bars", compare: "lit_compare" };
+const PROP = { train_chart: "lit_train", bars: "lit_bars", compare: "lit_compare", saved: "lit_saved" };
 const WIDGET_NAME = "lit_view";
 const REPORT_CHARS = 4000;
 
@@ -75,23 +75,51 @@ function imageUrl(ref) {
   return typeof api.apiURL === "function" ? api.apiURL(path) : path;
 }
 
-function renderFromProperties(node) {
+export function renderFromProperties(node) {
   const view = node.litView;
   if (!view) return;
   const saved = node.properties?.[PROP[node.litKind]];
-  if (node.litKind === "train_chart") view.render(restoreTrainState(saved));
-  else if (node.litKind === "bars") view.render(renderBars(saved));
-  else if (node.litKind === "compare") view.render(comparePairs(saved));
+  try {
+    if (node.litKind === "train_chart") view.render(restoreTrainState(saved));
+    else if (node.litKind === "bars") view.render(renderBars(saved));
+    else if (node.litKind === "compare") view.render(comparePairs(saved));
+    else if (node.litKind === "saved") view.render(typeof saved === "string" ? saved : "");
+  } catch (err) {
+    // A saved result this version cannot draw must never break loading the workflow: drop it and say so.
+    console.warn("[ComfyUI-LiT] could not redraw the saved result; it is cleared (run the node again).", err);
+    if (node.properties) delete node.properties[PROP[node.litKind]];
+    try {
+      const empty = { compare: [], bars: { images: [] }, saved: "" }[node.litKind];
+      view.render(empty === undefined ? restoreTrainState(null) : empty);
+    } catch { /* the view stays empty */ }
+  }
 }
 
-function renderBars(saved) {
+export function renderBars(saved) {
   if (!saved) return { images: [] };
   return saved.kind === "scores" ? scoreRows(saved.data) : probabilityRows(saved.data);
+}
+
+/** Save Adapter: the path it wrote, so a second run's name (or an overwrite) is visible in the node. */
+function createSavedView(doc = document) {
+  const root = doc.createElement("div");
+  root.className = "lit-saved";
+  root.style.cssText = "font:11px sans-serif;color:#c9d1d9;background:#0d1117;border-radius:4px;padding:4px 6px;" +
+    "word-break:break-all;box-sizing:border-box;width:100%";
+  return {
+    element: root,
+    minHeight: () => 44,
+    render(path) {
+      root.textContent = path ? `saved: ${path}` : "Run the workflow: the saved adapter's path shows here.";
+      root.dataset.path = path || "";
+    },
+  };
 }
 
 function attachView(node, kind) {
   const view = kind === "train_chart" ? createTrainChartView()
     : kind === "bars" ? createBarsView()
+    : kind === "saved" ? createSavedView()
     : createCompareView(imageUrl);
   node.litKind = kind;
   node.litView = view;
@@ -140,11 +168,15 @@ function onExecutedFor(node, message) {
     node.properties[PROP.train_chart] = state;
     node.litView.render(state);
   } else if (node.litKind === "bars") {
-    const saved = message.lit_probs ? { kind: "probs", data: message.lit_probs[0] }
-      : message.lit_scores ? { kind: "scores", data: message.lit_scores[0] } : null;
-    if (!saved) return;
-    node.properties[PROP.bars] = saved;
-    node.litView.render(renderBars(saved));
+    const kind = message.lit_probs ? "probs" : message.lit_scores ? "scores" : null;
+    if (!kind) return;
+    const full = { kind, data: (kind === "probs" ? message.lit_probs : message.lit_scores)[0] };
+    node.litView.render(renderBars(full));
+    // Saved with the workflow: only what is drawn, so a huge result stays small and redraws cheaply on reload.
+    node.properties[PROP.bars] = { kind, data: compactPayload(kind, full.data) };
+  } else if (node.litKind === "saved" && Array.isArray(message.text) && message.text.length) {
+    node.properties[PROP.saved] = String(message.text[0]);
+    node.litView.render(node.properties[PROP.saved]);
   } else if (node.litKind === "compare") {
     const pairs = comparePairs(message.lit_compare);
     if (!pairs.length) return;

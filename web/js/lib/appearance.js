@@ -36,6 +36,8 @@ export function widgetKindFor(nodeType) {
     case "LiTEnhancementSampler":
     case "LiTRestorationSampler":
       return "compare";
+    case "LiTSaveAdapter":
+      return "saved";
     default:
       return null;
   }

@@ -74,6 +74,14 @@ export function createBarsView(doc = document) {
         block.append(row);
         rows += 1;
       }
+      if (img.hiddenRows > 0) {
+        const more = doc.createElement("div");
+        more.className = "lit-bars-more-rows";
+        more.style.cssText = "color:#8b949e";
+        more.textContent = `… ${img.hiddenRows} lower-scoring prompt(s) not shown`;
+        block.append(more);
+        rows += 1;
+      }
       root.append(block);
     }
     if (layout.hidden > 0) {

@@ -55,8 +55,10 @@ export function createTrainChartView(doc = document) {
       for (const t of lay.rightTicks) ctx.fillText(t.text, plot.x + plot.w + 4, t.y);
     }
     ctx.textBaseline = "top";
-    ctx.textAlign = "center";
-    for (const t of lay.xTicks) ctx.fillText(t.text, t.x, plot.y + plot.h + 3);
+    for (const t of lay.xTicks) {
+      ctx.textAlign = t.align || "center";
+      ctx.fillText(t.text, t.x, plot.y + plot.h + 3);
+    }
     // Last drawn is on top: loss first, then validation series from least to most important (R@1 on top).
     const left = lay.lines.filter((l) => l.axis === "left");
     const order = [...left, ...lay.lines.filter((l) => l.axis !== "left").reverse()];
@@ -64,11 +66,21 @@ export function createTrainChartView(doc = document) {
       ctx.strokeStyle = line.color;
       ctx.fillStyle = line.color;
       ctx.lineWidth = line.axis === "left" ? 1.5 : 2;
+      ctx.setLineDash?.(line.dash || []);
       ctx.beginPath();
       line.points.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
       ctx.stroke();
+      ctx.setLineDash?.([]);
       if (line.axis === "right") {
-        for (const [x, y] of line.points) ctx.fillRect(x - 2, y - 2, 4, 4);
+        for (const [x, y] of line.points) {
+          if (line.marker === "circle") {
+            ctx.beginPath();
+            ctx.arc(x, y, 3, 0, 2 * Math.PI);
+            ctx.stroke();
+          } else {
+            ctx.fillRect(x - 2, y - 2, 4, 4);
+          }
+        }
       }
     }
     legend.replaceChildren(...lay.lines.map((l) => {
@@ -76,7 +88,7 @@ export function createTrainChartView(doc = document) {
       item.className = "lit-legend-item";
       item.dataset.key = l.key;
       item.style.cssText = `color:${l.color}`;
-      item.textContent = `■ ${l.label}`;
+      item.textContent = `${l.marker === "circle" ? "◌ ╌" : "■"} ${l.label}`;
       return item;
     }));
     summary.textContent = summaryLines(state).join("\n");
