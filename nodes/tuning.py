@@ -81,7 +81,14 @@ class LiTDataset:
                 raise LitError("no dataset path given.", input_name="path",
                                fix="type a folder of images with .txt captions, or connect an IMAGE batch.")
             resolved = _resolve_dataset_path(path)
-            ds = load_dataset(resolved, recursive=recursive) if os.path.isdir(resolved) else load_dataset(resolved)
+            try:
+                ds = load_dataset(resolved, recursive=recursive) if os.path.isdir(resolved) else load_dataset(resolved)
+            except LitError as err:
+                # The engine names its own argument; in the graph the user typed it into this node's 'path'.
+                if err.input_name in ("dataset", "folder", "data", "manifest", None):
+                    err.input_name = "path"
+                    err.args = (err._render(),)
+                raise
         return (ds, ds.report())
 
 

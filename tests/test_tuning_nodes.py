@@ -122,8 +122,12 @@ def test_node_errors_name_node_input_and_fix(towers, tmp_path, models_dir):
         assert "[LiT Dataset]" in str(err.value) and "path" in str(err.value) and "Fix:" in str(err.value)
         empty = tmp_path / "empty"
         empty.mkdir()
-        with pytest.raises(LitError, match=r"\[LiT Dataset\]"):
+        with pytest.raises(LitError, match=r"\[LiT Dataset\] input 'path'"):  # the node's input, not the engine's
             LiTDataset().load(str(empty), True)
+        with pytest.raises(LitError, match=r"\[LiT Dataset\] input 'path'"):
+            LiTDataset().load(str(tmp_path / "no_such_folder"), True)
+        # ComfyUI shows '<module>.<class>': the pack's name, never the mangled custom_nodes path
+        assert f"{LitError.__module__}.{LitError.__qualname__}" == "comfyui_lit.LitError"
         with pytest.raises(LitError, match="LiT Save Adapter"):
             LiTSaveAdapter().save(object(), "../escape", False)
         with pytest.raises(LitError, match=r"\[LiT Load Adapter\].*not found"):

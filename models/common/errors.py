@@ -39,3 +39,8 @@ class LitError(ValueError):
 
     def __str__(self) -> str:
         return self._render()
+
+
+# ComfyUI shows an error's type as ``<module>.<class>``; inside ComfyUI our module's name is the pack's path,
+# mangled (``custom_nodes.ComfyUI-LiT.models.common.errors``), so name the type as the package exports it.
+LitError.__module__ = "comfyui_lit"
