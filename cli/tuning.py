@@ -135,9 +135,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             print()
             print(result.report)
             _print_recall(result)
-            which = (f"the best validated state (step {result.best_step})" if result.kept == "best"
-                     else f"the last state (step {result.steps_done})")
-            print(f"\nadapter ({which}) written to {save_adapter(model, out)}")
+            which = (f"the best validated state, step {result.best_step}" if result.kept == "best"
+                     else f"the last state, step {result.steps_done}")
+            print(f"\nadapter written to {save_adapter(model, out)} ({which})")
         distributed.barrier()
     finally:
         signal.signal(signal.SIGTERM, old)

@@ -307,7 +307,9 @@ def test_cli_train_runs_unchanged_under_torchrun_on_tar_shards(tmp_path):
            "--checkpoint-dir", ckpt, "--checkpoint-every", "2", "--device", "cpu", "--val-fraction", "0"]
     run = subprocess.run(cmd, env=_LOOPBACK_ENV, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert run.stdout.count("adapter written to") == 1  # rank 0 writes and talks
+    # rank 0 writes and talks: one line naming the file and which state it holds (no validation: the last one)
+    assert run.stdout.count("adapter written to") == 1
+    assert f"adapter written to {out} (the last state, step 4)" in run.stdout
     assert "4/4 steps" in run.stdout and "on 2 processes" in run.stdout and "tar shards" in run.stdout
     assert read_adapter_metadata(out)["steps"] == 4
     assert sorted(os.listdir(ckpt)) == ["ckpt-00000002.safetensors", "ckpt-00000004.safetensors"]

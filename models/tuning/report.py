@@ -25,7 +25,8 @@ def validation_table(result) -> str:
 
 def format_report(model, result, prep) -> str:
     cache = prep.cache
-    head = (f"LiT locked tuning: mode {model.mode}, loss {model.loss_name}, {result.steps_done} steps"
+    head = (f"LiT locked tuning: mode {model.mode}, loss {model.loss_name}, {result.steps_done}"
+            + (f"/{result.steps_total}" if result.steps_total else "") + " steps"
             + (" (interrupted)" if result.interrupted else "")
             + (f" (stopped: {result.stopped})" if result.stopped and not result.interrupted else "")
             + (f" (resumed from step {result.resumed_from})" if result.resumed_from else "")

@@ -107,6 +107,7 @@ class TrainResult:
     before_metrics: dict[str, float] = field(default_factory=dict)
     kept: str = "best"  # which state the model ended on: "best" (validated) or "last"
     steps_done: int = 0
+    steps_total: int = 0  # the steps the run was set to (steps_done < steps_total: stopped early)
     interrupted: bool = False
     stopped: str = ""  # why the run ended early: "" / "interrupted" / the divergence message
     cache_stats: dict[str, int] = field(default_factory=dict)
@@ -282,7 +283,10 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
     sampler = _Sampler(n_train, bs, cfg.seed)
     checkpoint, ckpt_path, notes = (ckpts.find_resumable(cfg.checkpoint_dir, cfg.steps) if cfg.resume
                                     else (None, None, []))
-    if checkpoint is None:  # a fresh start: centre, then the closed-form head
+    # A fresh start: centre, then the closed-form head. A resume loads its weights from the checkpoint, but the
+    # weight decay pulls toward the START weights: they come from the checkpoint too, or, in a checkpoint written
+    # before they were stored, from the same (deterministic) initialisation computed again here.
+    if checkpoint is None or not any(k.startswith("anchor.") for k in checkpoint[0]):
         if cfg.center_images and prep.train_feats is not None:
             model.set_image_center(prep.train_feats.mean(0))
         if cfg.init == "ridge":
@@ -298,6 +302,7 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
     run = _Run(model, _Validator(model, prep))
     result = run.result
     result.world_size, result.dataset_report, result.resume_notes = world, prep.report, notes
+    result.steps_total = cfg.steps
     run_info = {"global_batch": bs, "n_train": n_train, "mode": model.mode, "loss": model.loss_name,
                 "seed": cfg.seed, "steps": cfg.steps, "world_size": world, "lora_rank": model.lora_rank,
                 "image_tower": model.image_tower.fingerprint, "text_tower": model.text_tower.fingerprint,
@@ -306,7 +311,7 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
     model.eval()  # dropout off throughout: small-data tuning doesn't need it and runs stay reproducible
     start = 1
     if checkpoint is not None:
-        start = _resume(model, run, checkpoint, ckpt_path, run_info, opt, sched, sampler)
+        start = _resume(model, run, checkpoint, ckpt_path, run_info, opt, sched, sampler, anchors)
     else:
         run.judge(0)
         if not result.best_state:
@@ -362,7 +367,8 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
                 if prep.val_feats is not None and (step % cfg.val_every == 0 or step == cfg.steps):
                     metrics.update({f"val_{k}": v for k, v in run.judge(step).items()})
                 if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                    _save_checkpoint(cfg.checkpoint_dir, step, model, run, run_info, opt, sched, sampler)
+                    _save_checkpoint(cfg.checkpoint_dir, step, model, run, run_info, opt, sched, sampler,
+                                     anchors)
                 if callback is not None:
                     callback(step, cfg.steps, metrics)
         except interrupt_exceptions:
@@ -422,7 +428,7 @@ def _finish(model: LitModel, run: _Run, cfg: TrainConfig, prep: Prepared, t_star
 
 
 def _save_checkpoint(folder: str, step: int, model: LitModel, run: _Run, run_info: dict, opt, sched,
-                     sampler: _Sampler) -> None:
+                     sampler: _Sampler, anchors: list[list[torch.Tensor]]) -> None:
     result = run.result
     tensors = {f"model.{k}": v for k, v in model.trainable_state_dict().items()}
     tensors.update({f"best.{k}": v for k, v in result.best_state.items()})
@@ -431,6 +437,7 @@ def _save_checkpoint(folder: str, step: int, model: LitModel, run: _Run, run_inf
     tensors["sampler.gen"] = sampler.gen.get_state()
     tensors["sampler.order"] = torch.tensor(sampler.order, dtype=torch.int64)
     tensors["rng.torch"] = torch.get_rng_state()
+    tensors.update({f"anchor.{gi}.{pi}": a for gi, group in enumerate(anchors) for pi, a in enumerate(group)})
     meta = {"step": step, **run_info, "optimizer": opt_meta, "scheduler": sched.state_dict(),
             "history": result.history, "val_history": result.val_history,
             "before_metrics": result.before_metrics, "best_metrics": result.best_metrics,
@@ -439,11 +446,23 @@ def _save_checkpoint(folder: str, step: int, model: LitModel, run: _Run, run_inf
 
 
 def _resume(model: LitModel, run: _Run, checkpoint, path: str, run_info: dict, opt, sched,
-            sampler: _Sampler) -> int:
+            sampler: _Sampler, anchors: list[list[torch.Tensor]]) -> int:
     """Continue from ``checkpoint``; a changed learning rate is applied from here on (and said so)."""
     tensors, meta = checkpoint
     fixed = {k: v for k, v in run_info.items() if k not in ("lr", "text_lr", "weight_decay")}
     ckpts.check_compatible(meta, fixed, path)
+    if any(k.startswith("anchor.") for k in tensors):  # the weights the decay pulls toward (the run's start)
+        for gi, group in enumerate(anchors):
+            for pi, a in enumerate(group):
+                name = f"anchor.{gi}.{pi}"
+                if name not in tensors or tensors[name].shape != a.shape:
+                    raise LitError(f"checkpoint '{path}' holds decay anchors of another model ({name}).",
+                                   input_name="checkpoint_dir",
+                                   fix="resume with the same mode and towers, or use a fresh --checkpoint-dir.")
+                a.copy_(tensors[name])
+    else:
+        run.result.resume_notes.append("the checkpoint predates stored decay anchors: they were recomputed "
+                                       "from the initialisation")
     model.load_trainable_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ckpts.restore_optimizer(opt, tensors, meta["optimizer"])
     sched.load_state_dict(meta["scheduler"])
@@ -453,7 +472,12 @@ def _resume(model: LitModel, run: _Run, checkpoint, path: str, run_info: dict, o
         for g, base in zip(opt.param_groups, _base_lrs(run_info, model.mode), strict=False):
             g["initial_lr"] = base
         sched.base_lrs = [g["initial_lr"] for g in opt.param_groups]
-        sched.step(meta["step"])  # recompute the current lr from the new bases
+        # The current lr from the new bases at the restored position (the schedule's own closed form; the
+        # deprecated ``sched.step(epoch)`` would also move the position).
+        lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas, strict=True)]
+        for g, lr in zip(opt.param_groups, lrs, strict=True):
+            g["lr"] = lr
+        sched._last_lr = lrs
         run.result.resume_notes.append("changed on resume and applied from here on: " + ", ".join(
             f"{k} {meta[k]} -> {run_info[k]}" for k in changed))
     sampler.gen.set_state(tensors["sampler.gen"])
