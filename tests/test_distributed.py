@@ -191,6 +191,32 @@ def test_one_process_resume_is_bit_equal(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_from_a_checkpoint_without_decay_anchors_recomputes_them(tmp_path):
+    """Checkpoints written before the decay anchors (the ridge start) were stored still resume bit-equal."""
+    import json as json_
+
+    from safetensors.torch import load_file, safe_open, save_file
+
+    from comfyui_lit.models.tuning.demo_data import write_shapes_folder
+
+    data, cache, ckpt = str(tmp_path / "data"), str(tmp_path / "cache"), str(tmp_path / "ckpt")
+    write_shapes_folder(data, 16, seed=9)
+    full_model, full = _train(data, cache, _config(steps=6, checkpoint_dir=ckpt, checkpoint_every=3))
+    path = os.path.join(ckpt, "ckpt-00000003.safetensors")
+    os.remove(os.path.join(ckpt, "ckpt-00000006.safetensors"))
+    with safe_open(path, "pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(path)
+    assert any(k.startswith("anchor.") for k in tensors)
+    save_file({k: v for k, v in tensors.items() if not k.startswith("anchor.")}, path, metadata=meta)
+    assert json_.loads(meta["lit_checkpoint"])["step"] == 3
+    model, resumed = _train(data, cache, _config(steps=6, checkpoint_dir=ckpt, resume=True))
+    assert resumed.resumed_from == 3 and any("anchors" in n for n in resumed.resume_notes)
+    assert resumed.history == full.history and resumed.val_history == full.val_history
+    a, b = model.trainable_state_dict(), full_model.trainable_state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
     import pytest
 
