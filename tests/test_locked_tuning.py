@@ -97,8 +97,12 @@ def test_lit_lifts_held_out_zero_shot_accuracy_from_chance(trained, held_out):
     assert acc_before < 0.2
     assert acc_after >= ZERO_SHOT_THRESHOLD
     # step 0 is already the closed-form ridge start; the kept state is never worse on the validation loss
-    assert result.best_metrics["loss"] <= result.before_metrics["loss"]
-    assert result.history[-1]["loss"] < result.history[0]["loss"] * 0.5
+    # ...and here training improves on it: a later validated state is kept, with a strictly lower loss
+    assert result.best_step > 0 and result.best_metrics["loss"] < result.before_metrics["loss"]
+    # Starting from ridge, the training loss is already low at step 1, so it can't halve; it still falls
+    # (means over 10 steps: one batch of 32 is too noisy to compare).
+    losses = [h["loss"] for h in result.history]
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
     assert not result.interrupted and result.steps_done == 100
 
 
@@ -164,8 +168,10 @@ def test_lora_and_sigmoid_train_save_load_under_inference_mode(tower, shapes, tm
         original = _state(shared_text.model)
         with torch.inference_mode(False), torch.enable_grad():  # what nodes/host.py's trainable() does
             model = LitModel(tower, shared_text, mode="lora", loss="sigmoid", lora_rank=4, lora_alpha=8)
+            # A random head: this checks that LoRA + sigmoid learn (from the ridge start, 12 steps of batch 16
+            # are within the batch-to-batch noise of the training loss), and skips ridge's pass over 850 captions.
             result = train_locked(model, shapes, TrainConfig(steps=12, batch_size=16, lr=2e-3, grad_accum=2,
-                                                             val_every=6))
+                                                             val_every=6, init="random"))
         assert result.history[-1]["loss"] < result.history[0]["loss"]
         assert result.history[-1]["logit_bias"] != -10.0
         # the shared text tower object is untouched (LoRA went into a private copy)
@@ -224,9 +230,13 @@ def test_cache_second_run_does_zero_tower_forwards(tower, text_tower, tmp_path):
 
 def test_uncached_mode_runs_the_tower_every_step(tower, text_tower, shapes):
     counter = count_forwards(tower.backbone)
-    model = LitModel(tower, text_tower, mode="head")
-    train_locked(model, shapes, TrainConfig(steps=4, batch_size=8, val_fraction=0.0, cache_embeddings=False))
-    assert counter["calls"] == 4 and counter["items"] == 32
+    cfg = dict(steps=4, batch_size=8, val_fraction=0.0, cache_embeddings=False)
+    train_locked(LitModel(tower, text_tower, mode="head"), shapes, TrainConfig(init="random", **cfg))
+    assert counter["calls"] == 4 and counter["items"] == 32  # one forward per step, the step's images only
+    # The ridge start (the default) needs every training image's embedding once, in one pass, before step 1.
+    counter.update(calls=0, items=0)
+    train_locked(LitModel(tower, text_tower, mode="head"), shapes, TrainConfig(**cfg))
+    assert counter["calls"] == 1 + 4 and counter["items"] == len(shapes) + 32
 
 
 def test_reproducible_with_a_seed(tower, text_tower, shapes):
@@ -285,7 +295,9 @@ def test_interruption_returns_best_state(tower, text_tower, shapes):
         if step == 15:
             raise Cancelled()
 
-    result = train_locked(model, shapes, TrainConfig(steps=50, batch_size=16, val_every=5),
+    # A random start, so the validated states of steps 5-15 beat step 0 (the ridge start often stays the best
+    # this early, which would not show that a trained state is the one kept).
+    result = train_locked(model, shapes, TrainConfig(steps=50, batch_size=16, val_every=5, init="random"),
                           callback=cancel_at_15, interrupt_exceptions=(Cancelled,))
     assert result.interrupted and result.steps_done == 15
     assert result.best_step in (5, 10, 15)
@@ -327,7 +339,11 @@ def test_default_towers_on_skimage_photos(tmp_path, text_tower):
     result = train_locked(model, ds, TrainConfig(steps=150, batch_size=32, val_fraction=0.25, val_every=50))
     before, after = result.before_metrics, result.best_metrics
     print(f"\nskimage photos, default towers: recall before {before} -> after {after}")
-    assert after["i2t_r@1"] >= before["i2t_r@1"] + 0.4 and after["t2i_r@5"] >= 0.8
+    # Step 0 is the closed-form ridge start, already far above chance (1 / the ~12 validation images) with real
+    # towers; contrastive tuning must then improve on it: lower validation loss, recall at least as good.
+    assert before["i2t_r@1"] >= 0.4
+    assert result.best_step > 0 and after["loss"] < before["loss"]
+    assert after["i2t_r@1"] >= max(before["i2t_r@1"], 0.7) and after["t2i_r@5"] >= 0.8
     assert result.cache_stats["misses"] == len(ds)
 
 
