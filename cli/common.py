@@ -33,9 +33,8 @@ def add_tower_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
 
 
-def read_images(paths: list[str]) -> tuple[list[str], list[torch.Tensor]]:
-    from ..models.data.dataset import read_image
-
+def image_files(paths: list[str]) -> list[str]:
+    """Image files from files and folders (a folder's images sorted by name)."""
     files: list[str] = []
     for p in paths:
         if os.path.isdir(p):
@@ -44,7 +43,7 @@ def read_images(paths: list[str]) -> tuple[list[str], list[torch.Tensor]]:
             files.append(p)
     if not files:
         raise LitError("no images given.", input_name="images", fix="pass image files or folders.")
-    return files, [read_image(f) for f in files]
+    return files
 
 
 def loaded_model(args: argparse.Namespace):

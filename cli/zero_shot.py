@@ -18,21 +18,9 @@ import torch
 from ..models.common.errors import LitError
 from ..models.common.text import split_prompts
 from ..models.retrieval import spec
-from .common import IMAGE_EXTS, add_tower_args, loaded_model
+from .common import add_tower_args, image_files, loaded_model
 
 BATCH = 16
-
-
-def image_files(paths: list[str]) -> list[str]:
-    files: list[str] = []
-    for p in paths:
-        if os.path.isdir(p):
-            files += sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTS))
-        else:
-            files.append(p)
-    if not files:
-        raise LitError("no images given.", input_name="images", fix="pass image files or folders.")
-    return files
 
 
 def image_batches(files: list[str], skipped: list[str], size: int = BATCH) -> Iterator[tuple[list[str], list]]:

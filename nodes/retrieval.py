@@ -19,8 +19,8 @@ from ..models.retrieval.zero_shot import image_embeddings
 from .host import (
     CATEGORY,
     LIT_FOLDER,
-    Progress,
     check_interrupted,
+    embedding_progress,
     folder_dirs,
     input_directory,
     require_lit_model,
@@ -69,21 +69,6 @@ def _folder(path: str) -> str:
         if base and os.path.isdir(os.path.join(base, path)):
             return os.path.join(base, path)
     return path
-
-
-def _progress(desc: str):
-    """An ``embed_progress(done, total)`` for the index update: ComfyUI's bar, and Cancel honoured."""
-    state: dict = {"bar": None, "done": 0}
-
-    def cb(done: int, total: int) -> None:
-        check_interrupted()
-        if state["bar"] is None:
-            state["bar"] = Progress(total, desc)
-        if done > state["done"]:
-            state["bar"].update(done - state["done"])
-            state["done"] = done
-
-    return cb
 
 
 def _finite(x: float) -> float:
@@ -153,7 +138,7 @@ class LiTTagImages:
         if folder:
             res = tag_folder(lit_model, folder, vocab, threshold=threshold, top_k=top_k, calibration=calibration,
                              prefix=prefix, write=write_captions, overwrite=overwrite, extension=caption_extension,
-                             progress=_progress("LiT index"))
+                             progress=embedding_progress("LiT index"))
             lines += res.lines
             rows += res.tags.as_json()["images"]
             paths = res.paths
@@ -227,7 +212,7 @@ class LiTCaptionByRetrieval:
         if folder:
             res = caption_folder(lit_model, folder, candidates, vocabulary=vocabulary, threshold=threshold,
                                  top_k=top_k, prefix=prefix, write=write_captions, overwrite=overwrite,
-                                 extension=caption_extension, progress=_progress("LiT index"))
+                                 extension=caption_extension, progress=embedding_progress("LiT index"))
             lines += res.lines
             scores += res.scores
             paths = res.paths
@@ -303,7 +288,7 @@ class LiTImageSearch:
         paths, scores, report = search_folder(lit_model, folder, positive=positive, negative=negative,
                                               positive_images=positive_images, negative_images=negative_images,
                                               top_k=top_k, negative_weight=negative_weight, recursive=recursive,
-                                              progress=_progress("LiT index"))
+                                              progress=embedding_progress("LiT index"))
         images = load_letterboxed(paths, int(image_size))
         shown = "\n".join([str(report)] + [f"{s:+.3f}  {os.path.basename(p)}"
                                            for p, s in zip(paths, scores, strict=True)])
