@@ -49,6 +49,7 @@ WIDGET_FACTS = r"""
       compareCount: el?.dataset?.count ?? null,
       savedPath: el?.dataset?.path ?? null,
       trainStep: el?.dataset?.step ?? null, trainDone: el?.dataset?.done ?? null,
+      trainReport: el?.querySelector(".lit-train-report pre")?.textContent ?? null,
       trainPoints: (n.properties?.lit_train?.series ?? n.properties?.lit_train?.history ?? null) ? true : false,
       saved: JSON.stringify(n.properties ?? {}).length,
       widgetHeight: n.litView?.minHeight?.() ?? null,

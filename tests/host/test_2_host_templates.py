@@ -164,7 +164,9 @@ def _check_outputs(comfy, name, api, outputs):
     for nid, node in api.items():
         kind, ui = node["class_type"], outputs.get(nid, {})
         if kind == "LiTSaveAdapter":
-            (saved,) = ui["text"]
+            (line,) = ui["text"]
+            assert line.startswith("saved "), line
+            saved = line[len("saved "):].split(" ('")[0]  # the path, without a note about a new name
             assert os.path.isfile(saved) and saved.endswith(".safetensors"), saved
             assert os.path.dirname(saved) == str(comfy.comfy_dir / "models" / "lit"), saved
             from safetensors import safe_open
@@ -228,6 +230,9 @@ def _check_widgets(name, api, outputs, run):
         elif kind == "LiTLockedTuning":
             assert w and w["trainDone"] == "true" and int(w["trainStep"]) >= 1, (name, w)
             assert reloaded[nid]["trainStep"] == w["trainStep"], "chart lost after reload"
+            # The report stays readable after a reload (core's Preview Any forgets it).
+            assert w["trainReport"] == ui["text"][0][:4000], (w["trainReport"], ui["text"][0][:200])
+            assert reloaded[nid]["trainReport"] == w["trainReport"], "report lost after reload"
     # Every node type the front-end decorates carries the LiT badge.
     for n in run["graph"]["nodes"]:
         if n["type"] in comfyui_lit.NODE_CLASS_MAPPINGS:

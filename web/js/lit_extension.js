@@ -109,9 +109,10 @@ function createSavedView(doc = document) {
   return {
     element: root,
     minHeight: () => 44,
-    render(path) {
-      root.textContent = path ? `saved: ${path}` : "Run the workflow: the saved adapter's path shows here.";
-      root.dataset.path = path || "";
+    // The node's own line ("saved <path>", plus a note when a new name had to be used), shown as is.
+    render(line) {
+      root.textContent = line || "Run the workflow: the saved adapter's path shows here.";
+      root.dataset.path = line || "";
     },
   };
 }

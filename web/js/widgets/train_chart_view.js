@@ -8,6 +8,9 @@ const STYLE = {
   canvas: "flex:1 1 auto;min-height:0;width:100%;background:#0d1117;border-radius:4px",
   legend: "display:flex;flex-wrap:wrap;gap:2px 10px;flex:0 0 auto",
   summary: "white-space:pre-wrap;flex:0 0 auto;color:#e6edf3",
+  report: "flex:0 0 auto;color:#8b949e",
+  reportText: "white-space:pre-wrap;margin:2px 0 0;max-height:110px;overflow:auto;font:10px monospace;" +
+              "color:#c9d1d9;background:#0d1117;border-radius:4px;padding:3px 5px",
 };
 
 export function createTrainChartView(doc = document) {
@@ -24,7 +27,16 @@ export function createTrainChartView(doc = document) {
   const summary = doc.createElement("div");
   summary.className = "lit-train-summary";
   summary.style.cssText = STYLE.summary;
-  root.append(canvas, legend, summary);
+  // The node's full report, kept with the workflow: ComfyUI's own Preview Any shows it only until a reload.
+  const report = doc.createElement("details");
+  report.className = "lit-train-report";
+  report.style.cssText = STYLE.report;
+  const reportTitle = doc.createElement("summary");
+  reportTitle.textContent = "Report";
+  const reportText = doc.createElement("pre");
+  reportText.style.cssText = STYLE.reportText;
+  report.append(reportTitle, reportText);
+  root.append(canvas, legend, summary, report);
 
   let state = restoreTrainState(null);
 
@@ -93,6 +105,8 @@ export function createTrainChartView(doc = document) {
     }));
     summary.textContent = summaryLines(state).join("\n");
     summary.title = state.report || "";
+    reportText.textContent = state.report || "";
+    report.style.display = state.report ? "" : "none";
     root.dataset.step = String(state.step);
     root.dataset.done = String(!!state.done);
   }
