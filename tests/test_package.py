@@ -331,3 +331,14 @@ def test_requirements_never_touch_torch_or_triton():
     # pyproject's dependencies are what `pip install .` gets: the same set, plus torch (unpinned, ComfyUI's own).
     deps = [re.split(r"[<>=!~;\[ ]", d)[0].lower() for d in _pyproject()["project"]["dependencies"]]
     assert set(deps) - {"torch"} == set(names), (sorted(deps), sorted(names))
+
+
+def test_embedded_text_tower_needs_neither_sentence_transformers_nor_sklearn():
+    """They arrive only as the MiniLM weights package's dependencies (README, Install); the pack must not need them."""
+    code = ("import sys; sys.path.insert(0, 'tests'); import conftest; "
+            "sys.modules['sentence_transformers'] = None; sys.modules['sklearn'] = None; "  # any import now fails
+            "from comfyui_lit.models.towers.text_tower import load_text_tower; "
+            "t = load_text_tower(None); e = t.encode(['a dog on the grass']); "
+            "assert e.shape[0] == 1 and e.abs().sum() > 0, e.shape; "
+            "assert 'sentence_transformers' not in [m for m, v in sys.modules.items() if v is not None]")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=300)
