@@ -130,7 +130,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     rank, _world = distributed.init_from_env(device_name(args))
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        model, result, code = _train(args, args.data)
+        try:
+            model, result, code = _train(args, args.data)
+        except (KeyboardInterrupt, _Terminated) as err:  # before the first step (training itself keeps its state)
+            print("stopped before training began: no adapter written; the image embeddings computed so far are "
+                  "kept in the cache, so running again continues from there.", file=sys.stderr)
+            return 130 if isinstance(err, KeyboardInterrupt) else 143
         if rank == 0:  # every rank holds the same weights; one writes and talks
             print()
             print(result.report)

@@ -58,3 +58,13 @@ def pytest_terminal_summary(terminalreporter):
         f"{TOTALS['uncaught']} uncaught, {TOTALS['silent']} silent, {TOTALS['unclear']} unclear")
     for line in FAILURES:
         terminalreporter.write_line(f"  fuzz failure: {line}")
+
+
+@pytest.fixture(scope="session")
+def lit_towers():
+    """A tiny random locked tower (8-d, instant) and the embedded MiniLM text tower (the only real weights)."""
+    from corpus import tiny_tower
+
+    from comfyui_lit.models.towers.text_tower import load_text_tower
+
+    return tiny_tower(seed=0), load_text_tower()
