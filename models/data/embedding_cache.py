@@ -56,6 +56,7 @@ class EmbeddingCache:
         self.dir = os.path.join(cache_dir, f"{tower.fingerprint}-{pre}") if cache_dir else None
         self.dim = getattr(tower, "embed_dim", None)
         self._index: dict[str, str] | None = None  # content hash -> shard path
+        self._shard_sizes: dict[str, int] = {}  # every readable shard -> its entry count (duplicates included)
         self._memory: dict[str, torch.Tensor] = {}
         self._verified: set[str] = set()
         self.write_error: str | None = None  # why the cache folder could not be written (reported, not hidden)
@@ -68,6 +69,7 @@ class EmbeddingCache:
     def _drop_shard(self, path: str, why: str) -> None:
         self.bad_shards.append((os.path.basename(path), why))
         self.stats["bad_shards"] += 1
+        self._shard_sizes.pop(path, None)
         log.warning("LiT embedding cache: shard %s is damaged (%s); it is dropped and its images recomputed.",
                     path, why)
         try:
@@ -95,6 +97,7 @@ class EmbeddingCache:
                         continue
                     if meta.get("format") != CACHE_FORMAT or "sha256" not in meta:
                         continue  # written by an older version without checksums: recompute, silently
+                    self._shard_sizes[path] = len(keys)
                     for k in keys:
                         self._index[k] = path
         return self._index
@@ -169,6 +172,7 @@ class EmbeddingCache:
         self.stats["shards_written"] += 1
         self._verified.add(path)
         index = self._load_index()
+        self._shard_sizes[path] = len(new)
         for k in new:
             index[k] = path
         return path
@@ -180,10 +184,8 @@ class EmbeddingCache:
         duplicates, never a gap, and damaged shards met on the way are dropped as on any read."""
         if self.dir is None or self.write_error or not os.path.isdir(self.dir):
             return 0
-        sizes: dict[str, int] = {}
-        for path in self._load_index().values():
-            sizes[path] = sizes.get(path, 0) + 1
-        small = sorted(p for p, n in sizes.items() if n < COMPACT_ITEMS)
+        self._load_index()
+        small = sorted(p for p, n in self._shard_sizes.items() if n < COMPACT_ITEMS)
         if len(small) <= COMPACT_SHARDS:
             return 0
         written: set[str] = set()
@@ -203,8 +205,9 @@ class EmbeddingCache:
                 try:
                     os.remove(path)
                 except OSError:
-                    pass
+                    continue  # still on disk (and valid): counted again next time
                 self._verified.discard(path)
+                self._shard_sizes.pop(path, None)
         self.stats["shards_compacted"] += len(small)
         return len(small)
 
