@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from corpus import DuckTower, FakeLitModel, captioned_folder, flip_bytes, tiny_tower
+from corpus import FakeLitModel, captioned_folder, flip_bytes, tiny_tower
 from safetensors.torch import load_file, save_file
 
 from comfyui_lit.models.common.atomic import save_tensors_atomic
@@ -251,41 +251,6 @@ def test_killed_saver_leaves_no_half_file_and_no_listed_orphan(fuzz, models, sig
          check=lambda names: all(not n.startswith(".") for n in names))
     save_tensors_atomic({"x": torch.zeros(1)}, str(models / "next.safetensors"))  # the next save cleans up
     assert not [e for e in os.listdir(models) if e.startswith(".tmp")]
-
-
-_EMBEDDER = """
-import os, sys, time, types, torch
-root = sys.argv[1]; sys.path.insert(0, os.path.join(root, "tests", "fuzz"))
-pkg = types.ModuleType("comfyui_lit"); pkg.__path__ = [root]; sys.modules["comfyui_lit"] = pkg  # no node imports
-from corpus import DuckTower
-from comfyui_lit.models.data import embedding_cache
-from comfyui_lit.models.data.dataset import load_folder
-embedding_cache.FLUSH_SECONDS = 3600  # only the interrupt path may write: that is what is tested
-class Slow(DuckTower):
-    def forward(self, px):
-        print("batch", flush=True); time.sleep(0.3); return super().forward(px)
-tower = Slow()
-embedding_cache.EmbeddingCache(tower, sys.argv[3], batch_size=2).embed_dataset(load_folder(sys.argv[2]))
-"""
-
-
-def test_sigint_during_first_embedding_pass_keeps_the_work(fuzz, data, tmp_path):
-    cache_dir = str(tmp_path / "cache")
-    proc = subprocess.Popen([sys.executable, "-c", _EMBEDDER, ROOT, data, cache_dir], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    try:
-        for _ in range(2):
-            line = proc.stdout.readline().strip()
-            assert line == b"batch", proc.stderr.read()[-2000:] if not line else line
-        proc.send_signal(signal.SIGINT)
-    finally:
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode != 0 and b"KeyboardInterrupt" in err
-    tower = DuckTower()
-    second = EmbeddingCache(tower, cache_dir, batch_size=2)
-    fuzz(lambda: second.embed_dataset(load_folder(data)), "handled",
-         check=lambda r: torch.allclose(r[0], _fresh(tower, load_folder(data)), atol=1e-5))
-    assert second.stats["hits"] >= 2  # at least the first finished batch survived the Ctrl+C
 
 
 # -- model folders -----------------------------------------------------------------------------------------------------

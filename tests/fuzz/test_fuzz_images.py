@@ -211,7 +211,7 @@ def test_restore_cli_on_odd_files(fuzz, restore_cli, tmp_path):
                    check=lambda r: r[0] == 2)
     assert MAX_PIXELS_ENV in out
     grey = png16_grey(str(tmp_path / "g16.png"), 16384, size=(16, 16))  # a quarter grey, never "white"
-    fuzz(lambda: restore_cli([grey, "--out", str(tmp_path / "g.png"), "--sigma", "1"]), "handled",
+    fuzz(lambda: restore_cli([grey, "--task", "deblur (gaussian)", "--out", str(tmp_path / "g.png")]), "handled",
          check=lambda r: r[0] == 0 and abs(float(read_image(str(tmp_path / "g.png")).mean()) - 0.25) < 0.03)
     fine = png(str(tmp_path / "fine.png"), (16, 16))
     fuzz(lambda: restore_cli([fine, "--out", str(tmp_path / "g.png")]), "handled", check=lambda r: r[0] == 2)

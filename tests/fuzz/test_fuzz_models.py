@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_models import bert_tokenizer, perturb_, save_state, tiny_bert, tiny_clip_vision
+from tiny_models import perturb_, save_state, tiny_clip_vision
 
 from comfyui_lit.models.towers.image_tower import load_image_tower
 from comfyui_lit.models.towers.text_tower import load_text_tower
@@ -25,11 +25,8 @@ def vision_state():
 
 
 @pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("bert") / "bert")
-    tok = bert_tokenizer(folder)
-    tiny_bert(len(tok)).save_pretrained(folder)
-    return folder
+def bert_dir(tiny_text_dir):
+    return tiny_text_dir
 
 
 @pytest.fixture()
