@@ -103,6 +103,9 @@ def _check_out(path: str) -> str:
     """Refuse an unusable --out before any training is spent."""
     if not path.lower().endswith((".safetensors", ".sft")):
         path += ".safetensors"
+    if not os.path.basename(path).rsplit(".", 1)[0].strip(". "):  # '.safetensors', '....': a hidden, nameless file
+        raise LitError(f"--out '{path}' has no file name.", input_name="out",
+                       fix="give one, e.g. my_adapter.safetensors.")
     if os.path.isdir(path):
         raise LitError(f"--out '{path}' is a directory.", input_name="out",
                        fix="give a file name, e.g. out.safetensors.")

@@ -134,6 +134,9 @@ def test_cli_out_error_names_the_input(fuzz, tmp_path):
     (tmp_path / "d.safetensors").mkdir()
     err = fuzz(lambda: _check_out(str(tmp_path / "d")), "clear", match="directory")
     assert err.input_name == "out"
+    for nameless in (".safetensors", "....", ". .sft"):  # issue 11: these saved as hidden files
+        fuzz(lambda nameless=nameless: _check_out(str(tmp_path / nameless)), "clear", match="no file name")
+    fuzz(lambda: _check_out(str(tmp_path / "fine")), "handled", check=lambda p: p.endswith("fine.safetensors"))
 
 
 # -- issue 1 and 5: SIGTERM is handled like Ctrl+C, in training and in the first embedding pass ------------------
