@@ -103,6 +103,9 @@ def _check_out(path: str) -> str:
     """Refuse an unusable --out before any training is spent."""
     if not path.lower().endswith((".safetensors", ".sft")):
         path += ".safetensors"
+    if not os.path.basename(path).rsplit(".", 1)[0].strip(". "):  # '.safetensors', '....': a hidden, nameless file
+        raise LitError(f"--out '{path}' has no file name.", input_name="out",
+                       fix="give one, e.g. my_adapter.safetensors.")
     if os.path.isdir(path):
         raise LitError(f"--out '{path}' is a directory.", input_name="out",
                        fix="give a file name, e.g. out.safetensors.")
@@ -130,7 +133,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     rank, _world = distributed.init_from_env(device_name(args))
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        model, result, code = _train(args, args.data)
+        try:
+            model, result, code = _train(args, args.data)
+        except (KeyboardInterrupt, _Terminated) as err:  # before the first step (training itself keeps its state)
+            print("stopped before training began: no adapter written; the image embeddings computed so far are "
+                  "kept in the cache, so running again continues from there.", file=sys.stderr)
+            return 130 if isinstance(err, KeyboardInterrupt) else 143
         if rank == 0:  # every rank holds the same weights; one writes and talks
             print()
             print(result.report)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..models.common.errors import LitError
+from ..models.common.validate import check_image_batch
 from ..models.enhancement import spec
 from ..models.enhancement.ops import EnhancementParams, apply_enhancement
 from ..models.enhancement.sampler import enhance
@@ -77,6 +78,7 @@ class LiTEnhancementSampler:
             fidelity: float, seed: int, samples: int, lit_model=None, mask: torch.Tensor | None = None,
             shared: bool = False, proxy_size: int = 256, strength: float = 1.0, auto_grade: bool = True,
             allow_colour: bool = False):
+        image = check_image_batch(image)  # before .clone(): an unconnected input is the pack's clear error
         if lit_model is not None:
             require_lit_model(lit_model)
         check_interrupted()

@@ -20,6 +20,8 @@ def check_finite(t: torch.Tensor, *, input_name: str, what: str = "values", fix:
 def check_image_batch(images, *, input_name: str = "image", channels: tuple[int, ...] = (1, 3, 4),
                       min_size: int = 1) -> torch.Tensor:
     """A ComfyUI ``IMAGE`` ``[B,H,W,C]`` (``[H,W,C]`` is taken as one image) that is non-empty and finite."""
+    if images is None:  # an optional input left unconnected, or a node that output nothing
+        raise LitError("nothing is connected.", input_name=input_name, fix="connect an IMAGE output (e.g. Load Image).")
     if not torch.is_tensor(images) or images.dim() not in (3, 4) or images.shape[-1] not in channels:
         shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
         want = "/".join(str(c) for c in channels)

@@ -32,6 +32,8 @@ log = logging.getLogger("comfyui_lit")
 CACHE_FORMAT = "lit-embedding-cache/2"
 FLUSH_SECONDS = 5.0  # write a shard at least this often during a long first pass
 FLUSH_ITEMS = 1024  # ... and whenever this many new embeddings are waiting
+COMPACT_SHARDS = 16  # more small shards than this (frequent flushes, many short runs) are merged after a pass
+COMPACT_ITEMS = 8192  # embeddings per merged shard
 
 
 def shard_checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -54,18 +56,20 @@ class EmbeddingCache:
         self.dir = os.path.join(cache_dir, f"{tower.fingerprint}-{pre}") if cache_dir else None
         self.dim = getattr(tower, "embed_dim", None)
         self._index: dict[str, str] | None = None  # content hash -> shard path
+        self._shard_sizes: dict[str, int] = {}  # every readable shard -> its entry count (duplicates included)
         self._memory: dict[str, torch.Tensor] = {}
         self._verified: set[str] = set()
         self.write_error: str | None = None  # why the cache folder could not be written (reported, not hidden)
         self.bad_shards: list[tuple[str, str]] = []  # (shard, why) dropped this run
         # Counted so tests and the report can prove the second run does no forward.
         self.stats = {"forwards": 0, "images_encoded": 0, "hits": 0, "misses": 0, "unreadable": 0,
-                      "shards_written": 0, "bad_shards": 0}
+                      "shards_written": 0, "bad_shards": 0, "shards_compacted": 0}
 
     # -- reading -------------------------------------------------------------------------------------------
     def _drop_shard(self, path: str, why: str) -> None:
         self.bad_shards.append((os.path.basename(path), why))
         self.stats["bad_shards"] += 1
+        self._shard_sizes.pop(path, None)
         log.warning("LiT embedding cache: shard %s is damaged (%s); it is dropped and its images recomputed.",
                     path, why)
         try:
@@ -93,6 +97,7 @@ class EmbeddingCache:
                         continue
                     if meta.get("format") != CACHE_FORMAT or "sha256" not in meta:
                         continue  # written by an older version without checksums: recompute, silently
+                    self._shard_sizes[path] = len(keys)
                     for k in keys:
                         self._index[k] = path
         return self._index
@@ -149,6 +154,9 @@ class EmbeddingCache:
         self._memory.update(new)
         if self.dir is None or self.write_error:
             return self.dir is None
+        return self._write_shard(new) is not None
+
+    def _write_shard(self, new: dict[str, torch.Tensor]) -> str | None:
         shard = hashlib.sha256("".join(sorted(new)).encode()).hexdigest()[:16]
         path = os.path.join(self.dir, f"shard-{shard}.safetensors")
         meta = {"format": CACHE_FORMAT, "sha256": shard_checksum(new), "tower": self.tower.fingerprint,
@@ -160,13 +168,48 @@ class EmbeddingCache:
             self.write_error = f"{type(err).__name__}: {getattr(err, 'strerror', None) or err}"
             log.warning("LiT embedding cache: can't write to %s (%s); embeddings are kept in memory for this run "
                         "only.", self.dir, self.write_error)
-            return False
+            return None
         self.stats["shards_written"] += 1
         self._verified.add(path)
         index = self._load_index()
+        self._shard_sizes[path] = len(new)
         for k in new:
             index[k] = path
-        return True
+        return path
+
+    def compact(self) -> int:
+        """Merge the folder's small shards (a long first pass flushes every few seconds) into few large ones, so
+        later runs open a handful of files; returns how many shards were merged away. The merged shards are
+        written (checksummed, atomically) before the small ones are deleted: a crash in between leaves
+        duplicates, never a gap, and damaged shards met on the way are dropped as on any read."""
+        if self.dir is None or self.write_error or not os.path.isdir(self.dir):
+            return 0
+        self._load_index()
+        small = sorted(p for p, n in self._shard_sizes.items() if n < COMPACT_ITEMS)
+        if len(small) <= COMPACT_SHARDS:
+            return 0
+        written: set[str] = set()
+        batch: dict[str, torch.Tensor] = {}
+        for i, path in enumerate(small):
+            tensors = self._read_shard(path)
+            if tensors:
+                batch.update(tensors)
+            if batch and (len(batch) >= COMPACT_ITEMS or i == len(small) - 1):
+                out = self._write_shard(batch)
+                if out is None:
+                    return 0  # the disk refused: the small shards stay, still valid
+                written.add(out)
+                batch = {}
+        for path in small:
+            if path not in written:
+                try:
+                    os.remove(path)
+                except OSError:
+                    continue  # still on disk (and valid): counted again next time
+                self._verified.discard(path)
+                self._shard_sizes.pop(path, None)
+        self.stats["shards_compacted"] += len(small)
+        return len(small)
 
     def location(self) -> str:
         """Where the embeddings live, honestly: the folder, memory only, or memory because the folder failed."""
@@ -262,6 +305,7 @@ class EmbeddingCache:
         finally:
             # Also on Ctrl+C / Cancel / an error: what was encoded is kept for the next run.
             self.put(new)
+        self.compact()  # only after a finished pass: an interrupted one exits above with its shards as written
         if progress:
             progress(total, total)
         good = [i for i in range(len(dataset)) if i not in bad_set]

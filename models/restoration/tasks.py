@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..common.errors import LitError
+from ..common.validate import check_finite
 from . import degradations as deg
 
 # Each task: its operator kind and that operator's one fixed parameter (the blur family, the scale factor).
@@ -56,6 +57,7 @@ def build_operator(task: str, y: torch.Tensor, *, noise_sigma: float = 0.0, pois
         if mask is None:
             raise LitError("inpainting needs a mask (white = missing).", input_name="mask",
                            fix="connect a MASK, e.g. from 'LiT Degrade' or a mask editor.")
+        check_finite(mask, input_name="mask", what="mask values")  # a NaN mask gave an all-NaN result
         return deg.Inpaint(y, mask, sigma)
     if kind == "upscale":
         return deg.Upscale(y, int(param), downsample, sigma)

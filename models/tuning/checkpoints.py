@@ -68,6 +68,10 @@ def load_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
         raise LitError(f"checkpoint '{path}' has damaged metadata.", input_name="checkpoint_dir",
                        fix="delete it; an older checkpoint is used when there is one.")
     tensors = load_tensors(path, input_name="checkpoint_dir")
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:  # a NaN state resumed would train on (or hand on) garbage: fall back to an older intact checkpoint
+        raise LitError(f"checkpoint '{path}' holds NaN or infinite values ({', '.join(bad[:3])}).",
+                       input_name="checkpoint_dir", fix="delete it; an older checkpoint is used when there is one.")
     if "sampler.gen" not in tensors or "sampler.order" not in tensors:
         raise LitError(f"checkpoint '{path}' lacks the sampler state.", input_name="checkpoint_dir",
                        fix="delete it; an older checkpoint is used when there is one.")

@@ -21,7 +21,10 @@ def ridge_map(text: torch.Tensor, image: torch.Tensor, alpha: float = 1.0) -> tu
     mx, my = x.mean(0), y.mean(0)
     xc, yc = x - mx, y - my
     gram = xc.t() @ xc
-    lam = alpha * float(gram.diagonal().mean())
+    scale = float(gram.diagonal().mean())
+    # Identical captions give a zero covariance (singular even with alpha > 0): the floor keeps the solve defined,
+    # and its answer there is right, W = 0 and b = the mean image.
+    lam = max(alpha * scale, 1e-9 * scale, 1e-12)
     w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), xc.t() @ yc)
     return w.float(), (my - mx @ w).float()
 

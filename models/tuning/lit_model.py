@@ -306,6 +306,9 @@ def load_adapter(path: str, image_tower, text_tower, *, force: bool = False,
                      lora_rank=int(info.get("lora_rank") or 8), lora_alpha=float(info.get("lora_alpha") or 16.0),
                      lora_targets=tuple(info.get("lora_targets") or DEFAULT_LORA_TARGETS))
     tensors = load_tensors(path, input_name="adapter")
+    from ..towers.registry import check_finite_state
+
+    check_finite_state(tensors, path=path, input_name="adapter")  # NaN weights give NaN scores downstream
     model.load_trainable_state_dict(tensors)
     keep = {k: v for k, v in info.items() if k in ("steps", "dataset_size", "metrics", "trained_at", "seed")}
     model.training_info = keep

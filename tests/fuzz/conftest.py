@@ -58,3 +58,23 @@ def pytest_terminal_summary(terminalreporter):
         f"{TOTALS['uncaught']} uncaught, {TOTALS['silent']} silent, {TOTALS['unclear']} unclear")
     for line in FAILURES:
         terminalreporter.write_line(f"  fuzz failure: {line}")
+
+
+@pytest.fixture(scope="session")
+def tiny_text_dir(tmp_path_factory) -> str:
+    """A 2-layer, 128-wide BERT with its tokenizer, saved as a user would have it (tests/tiny_models.py)."""
+    from tiny_models import bert_tokenizer, tiny_bert
+
+    folder = str(tmp_path_factory.mktemp("tiny_text") / "bert")
+    tiny_bert(len(bert_tokenizer(folder))).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lit_towers(tiny_text_dir):
+    """A tiny random locked tower (8-d) and the tiny BERT text tower: every case runs in milliseconds."""
+    from corpus import tiny_tower
+
+    from comfyui_lit.models.towers.text_tower import load_text_tower
+
+    return tiny_tower(seed=0), load_text_tower(tiny_text_dir)

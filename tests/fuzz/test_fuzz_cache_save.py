@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from corpus import DuckTower, FakeLitModel, captioned_folder, flip_bytes, tiny_tower
+from corpus import FakeLitModel, captioned_folder, flip_bytes, tiny_tower
 from safetensors.torch import load_file, save_file
 
 from comfyui_lit.models.common.atomic import save_tensors_atomic
@@ -253,41 +253,6 @@ def test_killed_saver_leaves_no_half_file_and_no_listed_orphan(fuzz, models, sig
     assert not [e for e in os.listdir(models) if e.startswith(".tmp")]
 
 
-_EMBEDDER = """
-import os, sys, time, types, torch
-root = sys.argv[1]; sys.path.insert(0, os.path.join(root, "tests", "fuzz"))
-pkg = types.ModuleType("comfyui_lit"); pkg.__path__ = [root]; sys.modules["comfyui_lit"] = pkg  # no node imports
-from corpus import DuckTower
-from comfyui_lit.models.data import embedding_cache
-from comfyui_lit.models.data.dataset import load_folder
-embedding_cache.FLUSH_SECONDS = 3600  # only the interrupt path may write: that is what is tested
-class Slow(DuckTower):
-    def forward(self, px):
-        print("batch", flush=True); time.sleep(0.3); return super().forward(px)
-tower = Slow()
-embedding_cache.EmbeddingCache(tower, sys.argv[3], batch_size=2).embed_dataset(load_folder(sys.argv[2]))
-"""
-
-
-def test_sigint_during_first_embedding_pass_keeps_the_work(fuzz, data, tmp_path):
-    cache_dir = str(tmp_path / "cache")
-    proc = subprocess.Popen([sys.executable, "-c", _EMBEDDER, ROOT, data, cache_dir], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    try:
-        for _ in range(2):
-            line = proc.stdout.readline().strip()
-            assert line == b"batch", proc.stderr.read()[-2000:] if not line else line
-        proc.send_signal(signal.SIGINT)
-    finally:
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode != 0 and b"KeyboardInterrupt" in err
-    tower = DuckTower()
-    second = EmbeddingCache(tower, cache_dir, batch_size=2)
-    fuzz(lambda: second.embed_dataset(load_folder(data)), "handled",
-         check=lambda r: torch.allclose(r[0], _fresh(tower, load_folder(data)), atol=1e-5))
-    assert second.stats["hits"] >= 2  # at least the first finished batch survived the Ctrl+C
-
-
 # -- model folders -----------------------------------------------------------------------------------------------------
 def test_link_loops_in_a_model_folder_do_not_hang_or_repeat(fuzz, models):
     os.makedirs(models / "sub")
@@ -306,3 +271,82 @@ def test_link_loops_in_a_model_folder_do_not_hang_or_repeat(fuzz, models):
     with torch.inference_mode():
         choices = LiTLoadAdapter.INPUT_TYPES()["required"]["adapter"][0]
     assert choices == names
+
+
+def test_save_fsyncs_the_data_before_publishing_and_the_folder_after(fuzz, models, monkeypatch):
+    """Issue 8: no fsync before rename. The order is what makes a power cut leave the old file or the new one."""
+    from comfyui_lit.models.common import atomic
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_link, real_replace = os.fsync, os.link, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def publish(real):
+        def inner(src, dst, *a, **kw):
+            events.append(("publish", os.fspath(dst)))
+            return real(src, dst, *a, **kw)
+        return inner
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "link", publish(real_link))
+    monkeypatch.setattr(os, "replace", publish(real_replace))
+    target = str(models / "f.safetensors")
+    for overwrite in (False, True):
+        events.clear()
+        fuzz(lambda overwrite=overwrite: atomic.save_tensors_atomic({"x": torch.ones(3)}, target, overwrite=overwrite,
+                                                                    unique=not overwrite), "handled",
+             check=lambda p: float(load_file(p)["x"].sum()) == 3)
+        kinds = [(k, os.path.basename(p)) for k, p in events]
+        i = kinds.index(next(e for e in kinds if e[0] == "publish"))
+        assert ("fsync", "data.safetensors") in kinds[:i]  # the bytes are on disk before the name points at them
+        assert ("fsync", os.path.basename(str(models))) in kinds[i:]  # ... and the new name after
+
+
+def test_many_small_shards_are_compacted_after_a_finished_pass(fuzz, tower, tmp_path, monkeypatch):
+    """A long first pass flushes every few seconds; without compaction every later run opens hundreds of shards."""
+    from comfyui_lit.models.data import embedding_cache as ec
+
+    monkeypatch.setattr(ec, "FLUSH_SECONDS", 0.0)  # a shard after every batch, as a long pass would leave
+    monkeypatch.setattr(ec, "COMPACT_SHARDS", 4)
+    data = captioned_folder(str(tmp_path / "data"), n=12)
+    cache_dir = str(tmp_path / "cache")
+    seen = []
+
+    def cancel():
+        seen.append(1)
+        if len(seen) > 8:
+            raise KeyboardInterrupt
+
+    first = EmbeddingCache(tower, cache_dir, batch_size=1)
+    fuzz(_cancelled(lambda: first.embed_dataset(load_folder(data), interrupt=cancel)), "handled",
+         check=lambda r: r == "cancelled")
+    assert len(_shards(cache_dir)) == 8  # an interrupted pass leaves its shards as written
+    second = EmbeddingCache(tower, cache_dir, batch_size=1)
+    fuzz(lambda: second.embed_dataset(load_folder(data)), "handled",
+         check=lambda r: torch.allclose(r[0], _fresh(tower, load_folder(data)), atol=1e-5))
+    assert second.stats["hits"] == 8 and second.stats["shards_compacted"] == 12 and len(_shards(cache_dir)) == 1
+    third = EmbeddingCache(tower, cache_dir)
+    fuzz(lambda: third.embed_dataset(load_folder(data)), "handled",
+         check=lambda r: torch.allclose(r[0], _fresh(tower, load_folder(data)), atol=1e-5))
+    assert third.stats["forwards"] == 0 and third.stats["hits"] == 12
+
+
+def test_a_crash_during_compaction_leaves_duplicates_never_a_gap(fuzz, tower, tmp_path, monkeypatch):
+    from comfyui_lit.models.data import embedding_cache as ec
+
+    monkeypatch.setattr(ec, "FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(ec, "COMPACT_SHARDS", 2)
+    data = captioned_folder(str(tmp_path / "data"), n=6)
+    cache_dir = str(tmp_path / "cache")
+    real_remove = os.remove
+    monkeypatch.setattr(os, "remove", lambda p: (_ for _ in ()).throw(OSError("the process died here")))
+    EmbeddingCache(tower, cache_dir, batch_size=1).embed_dataset(load_folder(data))
+    assert len(_shards(cache_dir)) == 7  # six small shards and the merged one: nothing deleted
+    monkeypatch.setattr(os, "remove", real_remove)
+    again = EmbeddingCache(tower, cache_dir, batch_size=1)
+    fuzz(lambda: again.embed_dataset(load_folder(data)), "handled",
+         check=lambda r: torch.allclose(r[0], _fresh(tower, load_folder(data)), atol=1e-5))
+    assert again.stats["forwards"] == 0 and len(_shards(cache_dir)) == 1

@@ -231,3 +231,42 @@ def test_cli_train_reports_bad_data_clearly(fuzz, tmp_path, monkeypatch, capsys)
         code = fuzz(lambda data=data: cli.main(["train", data, "--out", str(tmp_path / "o.safetensors")]),
                     "handled", check=lambda rc: rc == 2)
         assert code == 2 and match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind,match", [
+    ("bad_json", "not valid JSON"), ("latin1_csv", "UTF-8"), ("wrong_columns", "'image' and 'text'"),
+    ("non_tar_shard", "x.tar"), ("bomb_only", "size limit"), ("empty_folder", "no"),
+])
+def test_bad_data_through_node_and_cli(fuzz, tmp_path, monkeypatch, capsys, kind, match):
+    """The same bad data given to the LiT Dataset node (path) and to ``train`` (DATA or --shards)."""
+    from comfyui_lit import cli
+    from comfyui_lit.cli import tuning as cli_tuning
+
+    monkeypatch.setattr(cli_tuning, "towers", lambda args: (None, None))  # the data is checked, not the towers
+    png(str(tmp_path / "a.png"))
+    if kind == "bad_json":
+        data = tmp_path / "m.jsonl"
+        data.write_bytes(b"{oops\n")
+    elif kind == "latin1_csv":
+        data = tmp_path / "m.csv"
+        data.write_bytes("image,text\na.png,caf\xe9\n".encode("cp1252"))
+    elif kind == "wrong_columns":
+        data = tmp_path / "m.csv"
+        data.write_bytes(b"file,caption\na.png,x\n")
+    elif kind == "non_tar_shard":
+        data = tmp_path / "x.tar"
+        data.write_bytes(b"not a tar at all" * 50)
+    elif kind == "bomb_only":
+        data = tmp_path / "bombs"
+        data.mkdir()
+        caption(png_declaring(str(data / "bomb.png"), 12000, 12000), "a bomb")
+    else:
+        data = tmp_path / "empty"
+        data.mkdir()
+    argv = (["train", "--shards", str(data)] if kind == "non_tar_shard" else ["train", str(data)])
+    if kind != "non_tar_shard":
+        err = fuzz(lambda: node_load(path=str(data)), "clear", match=match)
+        assert err.input_name == "path" and "LiT Dataset" in str(err)
+    fuzz(lambda: cli.main([*argv, "--out", str(tmp_path / "o.safetensors")]), "handled", check=lambda rc: rc == 2)
+    out = capsys.readouterr().err
+    assert match.lower() in out.lower() and "Traceback" not in out and not os.path.exists(tmp_path / "o.safetensors")
