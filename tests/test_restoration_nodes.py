@@ -8,13 +8,8 @@ import skimage.data as skdata  # a test extra: missing it must fail, not skip
 import torch
 
 from comfyui_lit.models.common.errors import LitError
-from comfyui_lit.nodes.restoration import (
-    DAMAGE,
-    NODE_CLASS_MAPPINGS,
-    RESTORE_TASKS,
-    LiTDegrade,
-    LiTRestorationSampler,
-)
+from comfyui_lit.models.restoration.spec import DAMAGE, DEGRADE, RESTORE_TASKS, SAMPLER
+from comfyui_lit.nodes.restoration import NODE_CLASS_MAPPINGS, LiTDegrade, LiTRestorationSampler
 
 
 def _restore(*args, **kwargs):
