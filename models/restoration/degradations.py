@@ -218,7 +218,7 @@ class Deblur(Degradation):
     """``y = k * x + n`` with a known kernel; FFT solve on a padded canvas whose unobserved border is filled with
     the blur of the current estimate (``boundary='circular'``: no canvas, the wrap-around model)."""
 
-    task = "deblur (gaussian)"
+    task = "deblur (motion)"  # any kernel: DPIR's general schedule; build_operator names the Gaussian case
 
     def __init__(self, y: Tensor, kernel: Tensor, sigma: float | Tensor | None = None,
                  boundary: str = "reflect") -> None:
