@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..models.common.errors import LitError
-from ..models.restoration.tasks import RESTORE_TASKS
+from ..models.restoration.spec import RESTORE_TASKS, SAMPLER, task
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -50,10 +50,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
     mask = None
     if args.mask:
         mask = _read(read_image, args.mask, "mask").mean(-1)[None]
-    op = build_operator(args.task, y, noise_sigma=args.sigma, blur_sigma=args.blur_sigma,
+    op = build_operator(args.task, y, noise_sigma=args.noise_sigma, blur_sigma=args.blur_sigma,
                         motion_length=args.motion_length, motion_angle=args.motion_angle, mask=mask,
                         jpeg_quality=args.jpeg_quality)
-    denoiser = load_prior(args.prior, device) if args.prior else DCTDenoiser(block_matching=args.task == "denoise")
+    if args.prior:
+        denoiser = load_prior(args.prior, device)
+    else:
+        denoiser = DCTDenoiser(block_matching=task(args.task).block_matching)
     steps = args.steps or schedule_for(op, denoiser.trained).steps
     out = restore(op, denoiser, steps=steps, seed=args.seed)
     arr = (out[0].permute(1, 2, 0).cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
@@ -68,16 +71,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("restore", help="restore a damaged image (denoise, deblur, inpaint, upscale, JPEG)")
     p.add_argument("image")
     p.add_argument("--out", required=True)
-    p.add_argument("--task", default="denoise", choices=RESTORE_TASKS)
+    p.add_argument("--task", default=SAMPLER["degradation"].default, choices=RESTORE_TASKS,
+                   help=SAMPLER["degradation"].tooltip)
     p.add_argument("--prior", default="", help="a trained denoiser .safetensors (FFDNet from restore-convert, or "
                                                "DRUNet/DnCNN/SCUNet... through spandrel); default: built-in")
-    p.add_argument("--sigma", type=float, default=0.0, help="noise std in 0..255 units (0 = estimate / clean)")
-    p.add_argument("--steps", type=int, default=0, help="0 = the task's default")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--blur-sigma", type=float, default=2.0)
-    p.add_argument("--motion-length", type=float, default=9.0)
-    p.add_argument("--motion-angle", type=float, default=0.0)
-    p.add_argument("--jpeg-quality", type=int, default=0)
+    for flag, name, kind in (("--sigma", "noise_sigma", float), ("--steps", "steps", int), ("--seed", "seed", int),
+                             ("--blur-sigma", "blur_sigma", float), ("--motion-length", "motion_length", float),
+                             ("--motion-angle", "motion_angle", float), ("--jpeg-quality", "jpeg_quality", int)):
+        prm = SAMPLER[name]
+        p.add_argument(flag, dest=name, type=kind, default=prm.default,
+                       help=f"{prm.tooltip} (default {prm.default}; {prm.low}..{prm.high})")
     p.add_argument("--mask", default="", help="inpainting: a mask image, white = missing")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 
 from ..models.common.errors import LitError
+from ..models.common.text import split_prompts
 from ..models.common.validate import check_image_batch
 from ..models.restoration import degradations as deg
 from ..models.restoration.denoisers import DCTDenoiser, DiffusionDenoiser
 from ..models.restoration.priors import as_prior
 from ..models.restoration.sampler import restore, schedule_for
-from ..models.restoration.tasks import DAMAGE, DAMAGES, RESTORE_TASKS, build_operator, kernel_for
+from ..models.restoration.spec import DAMAGES, DEGRADE, SAMPLER, Param, task
+from ..models.restoration.tasks import build_operator, kernel_for
 from . import host
 from .host import (
     CATEGORY,
@@ -19,8 +21,25 @@ from .host import (
     progress_callback,
     require_lit_model,
     torch_device,
+    trainable_node,
     with_node_errors,
 )
+
+
+def _widget(p: Param) -> tuple:
+    """A node input from the spec's parameter: its type, default, range and tooltip."""
+    if p.kind == "CHOICE":
+        return (list(p.choices), {"default": p.default, "tooltip": p.tooltip})
+    if p.kind == "STRING":
+        return ("STRING", {"multiline": True, "default": p.default, "tooltip": p.tooltip})
+    opts = {"default": p.default, "min": p.low, "max": p.high, "tooltip": p.tooltip}
+    if p.step is not None:
+        opts["step"] = p.step
+    return (p.kind, opts)
+
+
+def _widgets(params: dict[str, Param], names: str) -> dict[str, tuple]:
+    return {name: _widget(params[name]) for name in names.split()}
 
 
 def _check_rgb(image) -> None:
@@ -47,49 +66,15 @@ class LiTRestorationSampler:
         return {
             "required": {
                 "image": ("IMAGE", {"tooltip": "The damaged images (any size, any batch)."}),
-                "degradation": (RESTORE_TASKS, {"default": "denoise",
-                                                "tooltip": "What happened to the image: the sampler inverts "
-                                                           "exactly this."}),
-                "noise_sigma": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 255.0, "step": 0.5,
-                                          "tooltip": "Noise std in 0..255 units; 0 estimates it from the image "
-                                                     "(denoise) or assumes clean data (other tasks)."}),
-                "steps": ("INT", {"default": 0, "min": 0, "max": 200,
-                                  "tooltip": "Sampler steps; 0 uses the task's tuned default."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                                 "tooltip": "Seed of the re-noising (and of the diffusion prior): the same seed "
-                                            "gives the same result."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
-                                       "tooltip": "How high the noise schedule starts: lower keeps more of the "
-                                                  "input, higher lets the prior change more."}),
+                **_widgets(SAMPLER, "degradation noise_sigma steps seed strength"),
             },
             "optional": {
                 "mask": ("MASK", {"tooltip": "Inpainting: 1 (white) = missing pixels to fill. Same size as "
                                              "the image."}),
-                "blur_sigma": ("FLOAT", {"default": 2.0, "min": 0.1, "max": 20.0, "step": 0.1,
-                                         "tooltip": "Deblur (gaussian): the blur's std in pixels."}),
-                "motion_length": ("FLOAT", {"default": 9.0, "min": 1.0, "max": 100.0, "step": 0.5,
-                                            "tooltip": "Deblur (motion): the streak length in pixels."}),
-                "motion_angle": ("FLOAT", {"default": 0.0, "min": -180.0, "max": 180.0, "step": 1.0,
-                                           "tooltip": "Deblur (motion): the streak direction in degrees."}),
-                "downsample": (["bicubic", "area"], {"default": "bicubic",
-                                                     "tooltip": "Upscale: how the small image was made "
-                                                                "(antialiased bicubic or box average)."}),
-                "jpeg_quality": ("INT", {"default": 0, "min": 0, "max": 100,
-                                         "tooltip": "JPEG: the quality it was saved at; 0 estimates it."}),
-                "poisson_gain": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                                           "tooltip": "Denoise: signal-dependent (shot) noise gain in 0..255 "
-                                                      "units; 0 = plain Gaussian noise."}),
-                "stochastic": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                                         "tooltip": "Fresh seeded noise added before each prior step (0 = "
-                                                    "deterministic DPIR, 1 = fully re-noised)."}),
+                **_widgets(SAMPLER, "blur_sigma motion_length motion_angle downsample jpeg_quality poisson_gain "
+                                    "stochastic"),
                 "lit_model": ("LIT_MODEL", {"tooltip": "Optional LiT model for semantic guidance."}),
-                "positive": ("STRING", {"multiline": True, "default": "",
-                                        "tooltip": "Guidance: what the restored photo should look like."}),
-                "negative": ("STRING", {"multiline": True, "default": "",
-                                        "tooltip": "Guidance: what it should not look like."}),
-                "guidance": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.05,
-                                       "tooltip": "Strength of the LiT guidance step (0 = off; needs a LiT "
-                                                  "model and a prompt)."}),
+                **_widgets(SAMPLER, "positive negative guidance"),
                 "prior": ("UPSCALE_MODEL", {"tooltip": "Optional trained denoiser as the prior (from 'Load Upscale "
                                                        "Model': DRUNet, FDnCNN/DnCNN, SCUNet, ...). Noise-level "
                                                        "networks get each step's noise level; blind ones run at "
@@ -103,6 +88,7 @@ class LiTRestorationSampler:
         }
 
     @with_node_errors(DISPLAY)
+    @trainable_node  # LiT guidance differentiates through the image tower; the engine keeps the prior grad-free
     def run(self, image: torch.Tensor, degradation: str, noise_sigma: float, steps: int, seed: int,
             strength: float, mask: torch.Tensor | None = None, blur_sigma: float = 2.0, motion_length: float = 9.0,
             motion_angle: float = 0.0, downsample: str = "bicubic", jpeg_quality: int = 0,
@@ -129,17 +115,16 @@ class LiTRestorationSampler:
             denoiser = DiffusionDenoiser(model, vae, conditioning)
         else:
             # one-shot denoising can afford BM3D's grouped Wiener pass; iterative tasks call the prior many times
-            denoiser = DCTDenoiser(block_matching=degradation == "denoise")
+            denoiser = DCTDenoiser(block_matching=task(degradation).block_matching)
         n_steps = steps if steps > 0 else schedule_for(op, denoiser.trained).steps
         if lit_model is not None and guidance > 0:
             require_lit_model(lit_model)
         out = restore(op, denoiser, steps=n_steps, seed=seed, strength=strength, stochastic=stochastic,
-                      lit_model=lit_model, positive=[p for p in positive.splitlines() if p.strip()],
-                      negative=[p for p in negative.splitlines() if p.strip()], guidance=guidance,
+                      lit_model=lit_model, positive=split_prompts(positive),
+                      negative=split_prompts(negative), guidance=guidance,
                       callback=progress_callback(n_steps, desc="LiT restore"))
         result = out.permute(0, 2, 3, 1).float().cpu().contiguous()
-        note = "prior: diffusion MODEL" if isinstance(denoiser, DiffusionDenoiser) else denoiser.note
-        report = f"{degradation}: {note}; {n_steps} steps"
+        report = f"{degradation}: {denoiser.note}; {n_steps} steps"
         print(f"[LiT Restoration Sampler] {report}")
         ui = compare_ui(image[..., :3], result, "lit_restore")
         ui["text"] = [report]
@@ -163,33 +148,10 @@ class LiTDegrade:
         return {
             "required": {
                 "image": ("IMAGE", {"tooltip": "Clean images to damage."}),
-                "damage": (DAMAGE, {"default": "noise", "tooltip": "The kind of damage."}),
-                "noise_sigma": ("FLOAT", {"default": 25.0, "min": 0.0, "max": 255.0, "step": 0.5,
-                                          "tooltip": "Gaussian noise std in 0..255 units, added for 'noise', "
-                                                     "'poisson noise' and after 'blur'/'downscale' (0 = none)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                                 "tooltip": "Seed of the noise and masks."}),
+                **_widgets(DEGRADE, "damage noise_sigma seed"),
             },
-            "optional": {
-                "blur_sigma": ("FLOAT", {"default": 2.0, "min": 0.1, "max": 20.0, "step": 0.1,
-                                         "tooltip": "Blur (gaussian): std in pixels."}),
-                "motion_length": ("FLOAT", {"default": 9.0, "min": 1.0, "max": 100.0, "step": 0.5,
-                                            "tooltip": "Blur (motion): streak length in pixels."}),
-                "motion_angle": ("FLOAT", {"default": 0.0, "min": -180.0, "max": 180.0, "step": 1.0,
-                                           "tooltip": "Blur (motion): streak direction in degrees."}),
-                "fraction": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 0.99, "step": 0.01,
-                                       "tooltip": "Random pixels: the share of pixels removed."}),
-                "scratches": ("INT", {"default": 6, "min": 1, "max": 100,
-                                      "tooltip": "Scratches: how many lines."}),
-                "scratch_width": ("FLOAT", {"default": 3.0, "min": 1.0, "max": 50.0, "step": 0.5,
-                                            "tooltip": "Scratches: line width in pixels."}),
-                "downsample": (["bicubic", "area"], {"default": "bicubic",
-                                                     "tooltip": "Downscale: antialiased bicubic or box average."}),
-                "jpeg_quality": ("INT", {"default": 10, "min": 1, "max": 100,
-                                         "tooltip": "JPEG: quality to save at (PIL, standard tables, 4:2:0)."}),
-                "poisson_gain": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                                           "tooltip": "Poisson noise: shot-noise gain in 0..255 units."}),
-            },
+            "optional": _widgets(DEGRADE, "blur_sigma motion_length motion_angle fraction scratches scratch_width "
+                                          "downsample jpeg_quality poisson_gain"),
         }
 
     @with_node_errors(DISPLAY)
@@ -206,7 +168,8 @@ class LiTDegrade:
         mask = torch.zeros(b, h, w)
         sigma = noise_sigma / 255.0
         if damage not in DAMAGES:
-            raise LitError(f"unknown damage '{damage}'.", input_name="damage", fix=f"choose one of {DAMAGE}.")
+            raise LitError(f"unknown damage '{damage}'.", input_name="damage",
+                           fix=f"choose one of {', '.join(DAMAGES)}.")
         kind, param = DAMAGES[damage]
         if kind == "noise":
             gain = poisson_gain / 255.0 if param == "poisson" else 0.0

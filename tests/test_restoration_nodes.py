@@ -8,13 +8,8 @@ import skimage.data as skdata  # a test extra: missing it must fail, not skip
 import torch
 
 from comfyui_lit.models.common.errors import LitError
-from comfyui_lit.nodes.restoration import (
-    DAMAGE,
-    NODE_CLASS_MAPPINGS,
-    RESTORE_TASKS,
-    LiTDegrade,
-    LiTRestorationSampler,
-)
+from comfyui_lit.models.restoration.spec import DAMAGE, DEGRADE, RESTORE_TASKS, SAMPLER
+from comfyui_lit.nodes.restoration import NODE_CLASS_MAPPINGS, LiTDegrade, LiTRestorationSampler
 
 
 def _restore(*args, **kwargs):
@@ -115,3 +110,34 @@ def test_node_errors_name_the_node(image):
         with pytest.raises(LitError, match=r"\[LiT Degrade\]"):
             LiTDegrade().run(image, "noise", -5.0, seed=0)
     assert set(RESTORE_TASKS) and set(DAMAGE)
+
+
+def test_node_and_cli_inputs_come_from_the_spec():
+    import argparse
+
+    from comfyui_lit.cli import restoration as cli
+    from comfyui_lit.models.restoration import degradations as D
+    from comfyui_lit.models.restoration.sampler import schedule_for
+    from comfyui_lit.models.restoration.spec import schedule
+
+    inputs = LiTRestorationSampler.INPUT_TYPES()
+    flat = {**inputs["required"], **inputs["optional"]}
+    for name, prm in SAMPLER.items():
+        widget = flat[name]
+        if prm.kind == "CHOICE":
+            assert widget[0] == prm.choices
+        assert widget[1]["default"] == prm.default and widget[1]["tooltip"] == prm.tooltip
+        if prm.low is not None:
+            assert (widget[1]["min"], widget[1]["max"]) == (prm.low, prm.high)
+    degrade = {**LiTDegrade.INPUT_TYPES()["required"], **LiTDegrade.INPUT_TYPES()["optional"]}
+    assert all(degrade[k][1]["default"] == p.default for k, p in DEGRADE.items())
+    assert flat["degradation"][0] == RESTORE_TASKS and degrade["damage"][0] == DAMAGE
+    sub = argparse.ArgumentParser().add_subparsers()
+    cli.register(sub)
+    args = sub.choices["restore"].parse_args(["in.png", "--out", "o.png"])
+    assert (args.task, args.noise_sigma, args.blur_sigma, args.jpeg_quality) == (
+        SAMPLER["degradation"].default, SAMPLER["noise_sigma"].default, SAMPLER["blur_sigma"].default,
+        SAMPLER["jpeg_quality"].default)
+    # schedules are keyed by task name: each upscale factor ends at its own level, as DPIR's SR does
+    assert schedule("upscale x2", True).sigma_min == 2 / 255 and schedule("upscale x4", True).sigma_min == 4 / 255
+    assert schedule_for(D.Upscale(torch.rand(1, 3, 16, 16), 4), True) == schedule("upscale x4", True)

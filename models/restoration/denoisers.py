@@ -207,6 +207,7 @@ class DiffusionDenoiser(Denoiser):
     """
 
     wants_clean_input = True
+    note = "prior: diffusion MODEL"
 
     def __init__(self, model: Any, vae: Any, conditioning: Any = None, sigma_scale: float = 4.0) -> None:
         inner = getattr(model, "model", model)

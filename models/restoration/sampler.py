@@ -10,57 +10,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..common.errors import LitError
-from .degradations import JPEG, Deblur, Degradation, Denoise, Inpaint, Upscale
+from . import spec
+from .degradations import Degradation
 from .denoisers import Denoiser
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Per-task defaults: start/end noise levels (0..1 units; ``None`` end = the data noise), steps, weight."""
-
-    sigma_max: float
-    sigma_min: float | None
-    steps: int
-    lam: float
-    final_prox: bool  # end on the data step (noise-free data) rather than on the prior
-    prox_first: bool = False  # start with a data step on the initial estimate (DPIR); else denoise it first
-
-
-# DPIR's settings where it has them (49/255 start, lambda 0.23), tuned on skimage photos for the rest.
-DEFAULTS: dict[type, Schedule] = {
-    # one step: with a Gaussian denoiser the data step only re-adds noise (measured, skimage photos, sigma 25)
-    Denoise: Schedule(sigma_max=49 / 255, sigma_min=None, steps=1, lam=1.0, final_prox=False),
-    Deblur: Schedule(sigma_max=49 / 255, sigma_min=None, steps=8, lam=0.23, final_prox=False),
-    Inpaint: Schedule(sigma_max=49 / 255, sigma_min=3 / 255, steps=12, lam=1.0, final_prox=True),
-    # a classical prior cannot restore what a high first sigma wipes out: start low, few steps
-    Upscale: Schedule(sigma_max=20 / 255, sigma_min=3 / 255, steps=3, lam=1.0, final_prox=False),
-    JPEG: Schedule(sigma_max=25 / 255, sigma_min=3 / 255, steps=3, lam=1.0, final_prox=True),
-}
-
-
-# A trained denoiser carries DPIR's full schedule: start at 49/255 and anneal log-linearly to the data noise.
-NETWORK_DEFAULTS: dict[type, Schedule] = {
-    Denoise: Schedule(sigma_max=49 / 255, sigma_min=None, steps=1, lam=1.0, final_prox=False),
-    Deblur: Schedule(sigma_max=49 / 255, sigma_min=None, steps=8, lam=0.23, final_prox=False, prox_first=True),
-    Inpaint: Schedule(sigma_max=49 / 255, sigma_min=2 / 255, steps=16, lam=1.0, final_prox=True, prox_first=True),
-    # FFDNet does not remove aliasing at low sigma: stopping at 25/255 on a data step is +1.7 dB over 1/255 (Set5)
-    Upscale: Schedule(sigma_max=49 / 255, sigma_min=25 / 255, steps=4, lam=0.23, final_prox=True, prox_first=True),
-    JPEG: Schedule(sigma_max=25 / 255, sigma_min=2 / 255, steps=8, lam=1.0, final_prox=True, prox_first=True),
-}
+from .spec import Schedule
 
 
 def schedule_for(op: Degradation, trained: bool = False) -> Schedule:
-    for cls, sched in (NETWORK_DEFAULTS if trained else DEFAULTS).items():
-        if isinstance(op, cls):
-            return sched
-    return Schedule(49 / 255, None, 8, 0.23, False)
+    """The spec's default schedule for the task of ``op`` (``op.task``), classical or trained prior."""
+    return spec.schedule(op.task, trained)
 
 
 def sigma_schedule(sigma_max: float, sigma_min: float, steps: int, strength: float = 1.0) -> list[float]:
@@ -73,8 +37,10 @@ def sigma_schedule(sigma_max: float, sigma_min: float, steps: int, strength: flo
 
 
 def _lit_guidance(z: Tensor, lit_model: Any, pos: Tensor | None, neg: Tensor | None) -> Tensor:
-    """Gradient of ``cos(E(z), pos) - cos(E(z), neg)`` w.r.t. the image (E = the locked image tower)."""
-    with torch.inference_mode(False), torch.enable_grad():
+    """Gradient of ``cos(E(z), pos) - cos(E(z), neg)`` w.r.t. the image (E = the locked image tower).
+
+    Inside ComfyUI the node lifts inference mode (``nodes.host.trainable_node``); here only grad is switched on."""
+    with torch.enable_grad():
         zz = z.detach().clone().requires_grad_(True)
         emb = lit_model.encode_image(zz.permute(0, 2, 3, 1))
         emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-8)
@@ -99,6 +65,43 @@ def _text(lit_model: Any, prompts: Sequence[str] | str | None) -> Tensor | None:
     return t / t.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
+def _sigmas(op: Degradation, sched: Schedule, steps: int, strength: float, sigma_max: float | None,
+            sigma_min: float | None) -> Tensor:
+    """``[steps, B]``: one geometric schedule per image, ending at the task's floor or the image's own noise."""
+    b, dev = op.y.shape[0], op.y.device
+    if sigma_min is not None or sched.sigma_min is not None:
+        lo = torch.full((b,), float(sigma_min if sigma_min is not None else sched.sigma_min), device=dev)
+    else:
+        lo = op.sigma_n.float().to(dev)  # each image ends at its own (given or estimated) noise level
+    lo = lo.clamp_min(1e-4)
+    hi = torch.maximum(torch.full_like(lo, float(sigma_max if sigma_max is not None else sched.sigma_max)), lo)
+    return torch.stack([torch.tensor(sigma_schedule(float(h), float(low), steps, strength))
+                        for h, low in zip(hi.cpu(), lo.cpu(), strict=True)], 1).to(dev)
+
+
+def _prompts(lit_model: Any, positive: Sequence[str] | str | None, negative: Sequence[str] | str | None,
+             guidance: float) -> tuple[Tensor | None, Tensor | None]:
+    if not guidance or guidance <= 0:
+        return None, None
+    if lit_model is None:
+        raise LitError("guidance needs a LIT_MODEL.", input_name="lit_model",
+                       fix="connect a LiT model or set guidance to 0.")
+    pos, neg = _text(lit_model, positive), _text(lit_model, negative)
+    if pos is None and neg is None:
+        raise LitError("guidance needs a positive or a negative prompt.", input_name="positive",
+                       fix="write a prompt or set guidance to 0.")
+    return pos, neg
+
+
+def _prior_step(denoiser: Denoiser, x: Tensor, sk: Tensor, stochastic: float, gen: torch.Generator) -> Tensor:
+    if denoiser.wants_clean_input:
+        return denoiser(x.clamp(0, 1), sk, generator=gen)
+    if stochastic > 0:  # DiffPIR's zeta: fresh seeded noise, and the denoiser told the total level
+        noise = torch.randn(x.shape, generator=gen).to(x.device)
+        return denoiser(x + math.sqrt(stochastic) * sk.view(-1, 1, 1, 1) * noise, sk * math.sqrt(1 + stochastic))
+    return denoiser(x, sk)
+
+
 def restore(op: Degradation, denoiser: Denoiser, *, steps: int | None = None, seed: int = 0,
             strength: float = 1.0, stochastic: float = 0.0, sigma_max: float | None = None,
             sigma_min: float | None = None, lam: float | None = None,
@@ -107,6 +110,7 @@ def restore(op: Degradation, denoiser: Denoiser, *, steps: int | None = None, se
             callback: Callable[[int], None] | None = None) -> Tensor:
     """Restore ``op.y`` under the prior ``denoiser``; returns ``[B,C,H,W]`` in 0..1 at ``op.out_shape``.
 
+    The defaults come from the spec's schedule of ``op.task`` (classical or trained prior).
     ``strength`` (0..1] scales how high the schedule starts (how much the prior may change the image);
     ``stochastic`` (0..1) re-noises the denoiser input with fresh seeded noise each step (DiffPIR's zeta);
     ``guidance`` > 0 needs ``lit_model`` (``encode_image``/``encode_text``) and a positive or negative prompt.
@@ -120,49 +124,19 @@ def restore(op: Degradation, denoiser: Denoiser, *, steps: int | None = None, se
     if not 0 <= stochastic <= 1:
         raise LitError("stochastic must be in [0, 1].", input_name="stochastic")
     lam = sched.lam if lam is None else float(lam)
-    b = op.y.shape[0]
-    dev = op.y.device
-    if sigma_min is not None or sched.sigma_min is not None:
-        lo = torch.full((b,), float(sigma_min if sigma_min is not None else sched.sigma_min), device=dev)
-    else:
-        lo = op.sigma_n.float().to(dev)  # each image ends at its own (given or estimated) noise level
-    lo = lo.clamp_min(1e-4)
-    hi = torch.maximum(torch.full_like(lo, float(sigma_max if sigma_max is not None else sched.sigma_max)), lo)
-    # [steps, B]: one geometric schedule per image
-    sigmas = torch.stack([torch.tensor(sigma_schedule(float(h), float(low), steps, strength))
-                          for h, low in zip(hi.cpu(), lo.cpu(), strict=True)], 1).to(dev)
-
-    pos = neg = None
-    if guidance and guidance > 0:
-        if lit_model is None:
-            raise LitError("guidance needs a LIT_MODEL.", input_name="lit_model",
-                           fix="connect a LiT model or set guidance to 0.")
-        pos, neg = _text(lit_model, positive), _text(lit_model, negative)
-        if pos is None and neg is None:
-            raise LitError("guidance needs a positive or a negative prompt.", input_name="positive",
-                           fix="write a prompt or set guidance to 0.")
-
+    sigmas = _sigmas(op, sched, steps, strength, sigma_max, sigma_min)
+    pos, neg = _prompts(lit_model, positive, negative, guidance)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    y = op.y
-    z = op.init().to(y.device)
-    for k, sk in enumerate(sigmas):
-        x = op.prox(z, sk, lam) if k > 0 or sched.prox_first or isinstance(op, (Inpaint, JPEG)) else z
-        if denoiser.wants_clean_input:
-            z = denoiser(x.clamp(0, 1), sk, generator=gen)
-        else:
-            inp = x
-            if stochastic > 0:
-                noise = torch.randn(x.shape, generator=gen).to(x.device)
-                inp = x + math.sqrt(stochastic) * sk.view(-1, 1, 1, 1) * noise
-                sk_in = sk * math.sqrt(1 + stochastic)
-            else:
-                sk_in = sk
-            z = denoiser(inp, sk_in)
-        if pos is not None or neg is not None:
-            g = _lit_guidance(z, lit_model, pos, neg)
-            rms = g.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
-            z = z + guidance * sk.view(-1, 1, 1, 1) * g / rms
-        if callback is not None:
-            callback(k + 1)
-    out = op.prox(z, sigmas[-1], lam) if sched.final_prox else z
+    with torch.no_grad():  # no graph through the prior, even where the host switched grad on
+        z = op.init().to(op.y.device)
+        for k, sk in enumerate(sigmas):
+            x = op.prox(z, sk, lam) if k > 0 or sched.prox_first else z
+            z = _prior_step(denoiser, x, sk, stochastic, gen)
+            if pos is not None or neg is not None:
+                g = _lit_guidance(z, lit_model, pos, neg)
+                rms = g.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+                z = z + guidance * sk.view(-1, 1, 1, 1) * g / rms
+            if callback is not None:
+                callback(k + 1)
+        out = op.prox(z, sigmas[-1], lam) if sched.final_prox else z
     return out.clamp(0, 1)
