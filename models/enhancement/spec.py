@@ -71,7 +71,7 @@ CLIP_LEVEL = 2.0 / 255.0
 CLIP_GATE = (0.002, 0.02)
 BRIGHT_MEAN = (0.75, 0.82)    # arithmetic mean level: none below the first, full above the second (overexposed)
 # Levels: the robust white and black points (pixel quantiles over all channels together). 99% of the calibration
-# photos have a white point >= 0.80 and a black point <= 0.07. A white point below WHITE_GATE is underexposure
+# photos have a white point >= 0.78 and a black point <= 0.075. A white point below WHITE_GATE is underexposure
 # (none at the first value, full stretch at the second); a black point above BLACK_GATE is a flattened (hazy,
 # low-contrast) photo. Either stretches the tonal range back to 0..1 (all channels together: colour is kept).
 LEVEL_QUANTILE = 1e-4
