@@ -170,13 +170,11 @@ def calibrate(files: list[str], max_side: int = 400) -> None:
         if "flat" in st:
             continue
         ch = st["channel_white"]
-        rows.append((st["white_point"], st["black_point"], min(ch) / max(max(ch), 1e-3), st["exposure_evidence"],
-                     st["clipped_shadows"]))
+        rows.append((st["white_point"], st["black_point"], min(ch) / max(max(ch), 1e-3), st["exposure_evidence"]))
     a = np.array(rows)
     qs = (0.01, 0.05, 0.1, 0.5, 0.9, 0.95, 0.99)
     print(f"calibration statistics over {len(a)} ordinary photos (quantiles {', '.join(map(str, qs))}):")
-    for j, name in enumerate(("white point", "black point", "lowest/highest channel white", "exposure evidence g",
-                              "fraction at 8-bit black")):
+    for j, name in enumerate(("white point", "black point", "lowest/highest channel white", "exposure evidence g")):
         print(f"  {name:<30}" + " ".join(f"{v:7.3f}" for v in np.quantile(a[:, j], qs)))
 
 

@@ -11,7 +11,7 @@ Zero-DCE's no-reference objectives, but solved in closed form on global, bounded
 - exposure control (Zero-DCE's L_exp pulls local means toward a target level), in a perceptual (log) space: a
   tone curve x ** e scales the mean log-luminance by e, so the ratio of a photo's mean log-luminance to that of
   typical photos *is* the midtone (gamma) exponent that undoes a darkening curve; it is applied only when the photo
-  is darker than nearly all correctly exposed photos (or dark with crushed shadows); black and white stay put;
+  is darker than nearly all correctly exposed photos; black and white stay put;
 - spatial consistency and illumination smoothness (L_spa, L_tvA) hold by construction: every auto term is global.
 
 Every threshold is in :mod:`.spec`. Inside all dead zones the grade is exactly the identity, which is why an
@@ -65,13 +65,11 @@ def _gamma_for_mean(y: torch.Tensor, target: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def exposure_evidence(lum: torch.Tensor) -> tuple[float, float]:
-    """Luminance samples -> (g, clipped): g = log2(mean(log Y) / PRIOR_MEAN_LOG), the midtone exponent that
-    brings the photo's geometric-mean level to the typical one (> 0: darker than typical), and the fraction of
-    pixels crushed to 8-bit black."""
+def exposure_evidence(lum: torch.Tensor) -> float:
+    """Luminance samples -> g = log2(mean(log Y) / PRIOR_MEAN_LOG): the midtone exponent that brings the photo's
+    geometric-mean level to the typical one (> 0: darker than typical)."""
     mean_log = float(lum.clamp_min(spec.LOG_FLOOR).log().mean())
-    g = math.log2(max(mean_log, math.log(spec.LOG_FLOOR)) / spec.PRIOR_MEAN_LOG) if mean_log < 0 else -3.0
-    return g, float((lum <= spec.CLIP_LEVEL).float().mean())
+    return math.log2(mean_log / spec.PRIOR_MEAN_LOG) if mean_log < 0 else -3.0
 
 
 def auto_grade_one(x: torch.Tensor) -> tuple[EnhancementParams, dict[str, float]]:
@@ -119,9 +117,9 @@ def auto_grade_one(x: torch.Tensor) -> tuple[EnhancementParams, dict[str, float]
     # nearly every correctly exposed photo
     mean = float(y.mean())
     lum = (y * y.new_tensor((0.299, 0.587, 0.114)).view(3, 1)).sum(0)
-    g, clipped = exposure_evidence(lum)
-    stats["mean_level"], stats["exposure_evidence"], stats["clipped_shadows"] = mean, g, clipped
-    dark = max(_ramp(g, *spec.DARK_GATE), _ramp(g, *spec.DARK_GATE_CLIPPED) * _ramp(clipped, *spec.CLIP_GATE))
+    g = exposure_evidence(lum)
+    stats["mean_level"], stats["exposure_evidence"] = mean, g
+    dark = _ramp(g, *spec.DARK_GATE)
     if dark > 0:
         p.gamma[0] = dark * min(g, spec.GRADE_PARAMS["gamma"].high)
     elif mean > spec.BRIGHT_MEAN[0]:

@@ -61,14 +61,10 @@ DETAIL_SIGMA_FRACTION = 1.0 / 100.0
 PRIOR_MEAN_LOG = -1.0
 LOG_FLOOR = 1.0 / 255.0       # luminance floor inside the log (an 8-bit black)
 # g above DARK_GATE[0] (darker than 90% of the calibration photos) starts the correction, full at DARK_GATE[1]
-# (darker than 95%); from DARK_GATE_CLIPPED (darker than ~80%) when the shadows are also crushed (CLIP_GATE:
-# fraction of pixels at 8-bit black, luminance <= CLIP_LEVEL), since a dark photo that has lost its shadows is more
-# likely underexposed than a dark scene. No statistic separates a dark scene from a darkened one for sure: ~12% of
-# the calibration photos get some midtone lift (see bench/README.md).
+# (darker than 95%). No statistic tells a dark scene from a darkened photo for sure: ~8% of the calibration photos
+# (night and candle-lit scenes) get some midtone lift (see bench/README.md). Crushed shadows are no evidence either
+# way: night photos have them as often as darkened ones.
 DARK_GATE = (0.7, 0.9)
-DARK_GATE_CLIPPED = (0.4, 0.7)
-CLIP_LEVEL = 2.0 / 255.0
-CLIP_GATE = (0.002, 0.02)
 BRIGHT_MEAN = (0.75, 0.82)    # arithmetic mean level: none below the first, full above the second (overexposed)
 # Levels: the robust white and black points (pixel quantiles over all channels together). 99% of the calibration
 # photos have a white point >= 0.78 and a black point <= 0.075. A white point below WHITE_GATE is underexposure
