@@ -17,7 +17,7 @@ from .host import (
     progress_callback,
     require_lit_model,
     torch_device,
-    trainable,
+    trainable_node,
     with_node_errors,
 )
 
@@ -74,6 +74,7 @@ class LiTEnhancementSampler:
         }
 
     @with_node_errors(DISPLAY)
+    @trainable_node
     def run(self, image: torch.Tensor, positive: str, negative: str, steps: int, guidance: float,
             fidelity: float, seed: int, samples: int, lit_model=None, mask: torch.Tensor | None = None,
             shared: bool = False, proxy_size: int = 256, strength: float = 1.0, auto_grade: bool = True,
@@ -83,11 +84,9 @@ class LiTEnhancementSampler:
             require_lit_model(lit_model)
         check_interrupted()
         callback = progress_callback(max(steps, 1), desc="LiT enhance")
-        with trainable():
-            result = enhance(image.clone(), lit_model, positive, negative, steps=steps, guidance=guidance,
-                             fidelity=fidelity, seed=seed, samples=samples,
-                             mask=None if mask is None else mask.clone(), shared=shared, proxy_max_side=proxy_size,
-                             strength=strength, auto=auto_grade, allow_colour=allow_colour, callback=callback)
+        result = enhance(image, lit_model, positive, negative, steps=steps, guidance=guidance, fidelity=fidelity,
+                         seed=seed, samples=samples, mask=mask, shared=shared, proxy_max_side=proxy_size,
+                         strength=strength, auto=auto_grade, allow_colour=allow_colour, callback=callback)
         text = result.summary()
         out = result.image.float().cpu()
         return {"ui": {"text": [text], **compare_ui(image[..., :3], out, "lit_enhance")},

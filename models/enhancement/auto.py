@@ -3,14 +3,15 @@
 This is the starting point of every enhancement (with or without a LiT model), built from the same principles as
 Zero-DCE's no-reference objectives, but solved in closed form on global, bounded parameters instead of learned:
 
-- colour constancy (Zero-DCE's L_col asks the channel means to agree): the illuminant is estimated by a
-  Minkowski "shades of grey" norm of each channel over unclipped pixels, and only the part of the cast above a
-  dead zone is removed, so a photo's own warm or cool mood is kept;
-- levels: a robust white point well below 1 (or a black point well above 0) means the photo was underexposed or
-  flattened; the tonal range is stretched back (a correct photo's robust white point is ~1, so it is left alone);
-- exposure control (Zero-DCE's L_exp pulls local means toward a target level): a photo whose mean level lies
-  outside a dead zone around mid-grey gets the midtone (gamma) correction that brings its mean to the target;
-  black and white stay put, so nothing clips;
+- colour constancy (Zero-DCE's L_col asks the channels to agree): white patch, the robust white point of each
+  channel; when one channel's lies far below the others' (further than in nearly any correct photo, so a photo's
+  own warm or cool mood is kept), every channel's white point is aligned;
+- levels: a robust white point far below 1 (underexposed) or a black point far above 0 (flattened, hazy) is
+  stretched back to 0..1 (a correct photo's robust white point is ~1 and black point ~0, so it is left alone);
+- exposure control (Zero-DCE's L_exp pulls local means toward a target level), in a perceptual (log) space: a
+  tone curve x ** e scales the mean log-luminance by e, so the ratio of a photo's mean log-luminance to that of
+  typical photos *is* the midtone (gamma) exponent that undoes a darkening curve; it is applied only when the photo
+  is darker than nearly all correctly exposed photos; black and white stay put;
 - spatial consistency and illumination smoothness (L_spa, L_tvA) hold by construction: every auto term is global.
 
 Every threshold is in :mod:`.spec`. Inside all dead zones the grade is exactly the identity, which is why an
@@ -64,6 +65,13 @@ def _gamma_for_mean(y: torch.Tensor, target: float) -> float:
     return 0.5 * (lo + hi)
 
 
+def exposure_evidence(lum: torch.Tensor) -> float:
+    """Luminance samples -> g = log2(mean(log Y) / PRIOR_MEAN_LOG): the midtone exponent that brings the photo's
+    geometric-mean level to the typical one (> 0: darker than typical)."""
+    mean_log = float(lum.clamp_min(spec.LOG_FLOOR).log().mean())
+    return math.log2(mean_log / spec.PRIOR_MEAN_LOG) if mean_log < 0 else -3.0
+
+
 def auto_grade_one(x: torch.Tensor) -> tuple[EnhancementParams, dict[str, float]]:
     """One image ``[3,H,W]`` in 0..1 -> its auto-grade and the statistics it came from."""
     px = _subsample(x.float(), spec.STAT_PIXELS)
@@ -77,7 +85,7 @@ def auto_grade_one(x: torch.Tensor) -> tuple[EnhancementParams, dict[str, float]
     hi = _quantile(px, 1.0 - spec.LEVEL_QUANTILE)
     lo = _quantile(px, spec.LEVEL_QUANTILE)
     stats["white_point"], stats["black_point"] = hi, lo
-    amount = _ramp((1.0 - hi) + lo, *spec.RANGE_DEFICIT_GATE)
+    amount = max(_ramp(hi, *spec.WHITE_GATE), _ramp(lo, *spec.BLACK_GATE))
     white = 1.0 + amount * (hi - 1.0)
     black = amount * lo
     wmin = spec.GRADE_PARAMS["white"].low
@@ -89,30 +97,33 @@ def auto_grade_one(x: torch.Tensor) -> tuple[EnhancementParams, dict[str, float]
     gain = 2.0 ** float(p.exposure[0])
     y = ((px - black) / (white - black) * gain).clamp(0.0, 1.0)
 
-    # levels, per channel (white patch): a channel left well below white is a cast; stretch it back
+    # colour cast (white patch): when the lowest channel's white point is far below the brightest one's, align
+    # every channel's white point (a cast is one error of the whole white balance, not of one channel)
     ch_white = [_quantile(y[c], 1.0 - spec.LEVEL_QUANTILE) for c in range(3)]
     top = max(max(ch_white), 1e-3)
+    rel = [max(v / top, 0.3) for v in ch_white]
     stats["channel_white"] = ch_white
+    cast = _ramp(min(rel), *spec.CHANNEL_WHITE_GATE)
+    stats["cast"] = cast
     for c in range(3):
-        rel = ch_white[c] / top
-        wc = 1.0 + _ramp(rel, *spec.CHANNEL_WHITE_GATE) * (max(rel, 0.3) - 1.0)
+        wc = 1.0 + cast * (rel[c] - 1.0)
         # (x - black) / (white_c - black) * gain == ((x - black) / (white - black) * gain) / wc
         p.white[0, c] = black + (white - black) * wc
         p.black[0, c] = black
     y = (y / p.white.new_tensor([(float(p.white[0, c]) - black) / (white - black) for c in range(3)]).view(3, 1)
          ).clamp(0.0, 1.0)
 
-    # exposure control: midtones toward the target mean, outside the dead zone only
+    # exposure control: midtones toward the typical level, only when the photo is darker (or brighter) than
+    # nearly every correctly exposed photo
     mean = float(y.mean())
-    stats["mean_level"] = mean
     lum = (y * y.new_tensor((0.299, 0.587, 0.114)).view(3, 1)).sum(0)
-    shadows = float((lum < 0.1).float().mean())
-    stats["shadow_fraction"] = shadows
-    dark = max(_ramp(mean, spec.DARK_MEAN[1], spec.DARK_MEAN[0]), _ramp(shadows, *spec.DARK_FRACTION))
-    amount = dark if mean < spec.TARGET_MEAN else _ramp(mean, *spec.BRIGHT_MEAN)
-    if amount > 0:
-        target = spec.TARGET_MEAN if mean < spec.TARGET_MEAN else spec.BRIGHT_MEAN[0]
-        p.gamma[0] = amount * _gamma_for_mean(y, target)
+    g = exposure_evidence(lum)
+    stats["mean_level"], stats["exposure_evidence"] = mean, g
+    dark = _ramp(g, *spec.DARK_GATE)
+    if dark > 0:
+        p.gamma[0] = dark * min(g, spec.GRADE_PARAMS["gamma"].high)
+    elif mean > spec.BRIGHT_MEAN[0]:
+        p.gamma[0] = _ramp(mean, *spec.BRIGHT_MEAN) * _gamma_for_mean(y, spec.BRIGHT_MEAN[0])
     return p, stats
 
 

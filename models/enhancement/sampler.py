@@ -205,8 +205,12 @@ def enhance(images: torch.Tensor, model=None, positive: str | list[str] = DEFAUL
         text = text_directions(model, positive, negative).to(device)
         scale = _logit_scale(model).to(device)
     if guided:
-        # Nodes run under inference mode; the fit needs autograd and ordinary (non-inference) tensors.
-        with torch.inference_mode(False), torch.enable_grad():
+        if torch.is_inference_mode_enabled():
+            raise LitError("the guided refinement optimises the grade, which needs autograd, but it was called "
+                           "under torch.inference_mode().", input_name="lit_model",
+                           fix="call it outside inference mode (a node's FUNCTION uses @trainable_node from "
+                               "nodes/host.py), or disconnect the LiT model for the auto-grade alone.")
+        with torch.enable_grad():
             final, gain, noise, accepted, sample_obj, chosen, flat = _refine(
                 src.clone(), None if full_mask is None else full_mask.clone(), start.detach(), model, text, scale,
                 device, steps=steps, guidance=guidance, fidelity=fidelity, seed=seed, samples=samples,
