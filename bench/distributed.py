@@ -20,18 +20,19 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 from _package import import_package as _import_package  # noqa: E402
 
 
 def worker(data: str, out: str, steps: int, batch: int, mode: str) -> None:
     _import_package()
     import torch
+    from shapes_data import TinyShapesCNN
 
     from comfyui_lit.models.data.dataset import load_folder
     from comfyui_lit.models.towers.image_tower import ImageTower
     from comfyui_lit.models.towers.text_tower import load_text_tower
     from comfyui_lit.models.tuning import distributed
-    from comfyui_lit.models.tuning.demo_data import TinyShapesCNN
     from comfyui_lit.models.tuning.lit_model import LitModel
     from comfyui_lit.models.tuning.trainer import TrainConfig, train_locked
 
@@ -79,7 +80,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=96)
     args = p.parse_args()
     _import_package()
-    from comfyui_lit.models.tuning.demo_data import write_shapes_folder
+    from shapes_data import write_shapes_folder
 
     with tempfile.TemporaryDirectory() as work:
         data = write_shapes_folder(os.path.join(work, "data"), args.images, seed=0)

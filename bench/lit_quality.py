@@ -193,6 +193,10 @@ def train_mode(bench: Bench, mode: str, loss: str, steps: int | None) -> dict[st
             res = bench.score(img, lambda t: model.encode_text(t))
     res.update({"seconds": seconds, "pairs_s": result.pairs_per_second, "steps": result.steps_done,
                 "best_step": result.best_step})
+    from comfyui_lit.models.tuning.report import validation_table
+
+    print(f"  {mode} + {loss}: {result.start}; {result.stopped or 'ran every step'}\n"
+          + "\n".join("    " + line for line in validation_table(result).splitlines()), flush=True)
     return res
 
 

@@ -22,7 +22,7 @@ _TYPES = {"int": int, "float": float}
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     """The spec's parameters as options; numeric defaults left None resolve to the chosen mode's default."""
     for name in ("mode", "loss", "steps", "batch_size", "lr", "text_lr", "weight_decay", "warmup_steps", "init",
-                 "lora_rank", "lora_alpha", "val_fraction", "val_every", "keep", "seed"):
+                 "lora_rank", "lora_alpha", "val_fraction", "val_every", "patience", "whiten", "keep", "seed"):
         prm = spec.PARAMS[name]
         per_mode = any(name in d for d in spec.MODE_DEFAULTS.values())
         shown = ("default: per mode, " + ", ".join(f"{m} {d[name]}" for m, d in spec.MODE_DEFAULTS.items())
@@ -40,6 +40,7 @@ def _config(args: argparse.Namespace):
                        text_lr=args.text_lr or None, weight_decay=args.weight_decay,
                        warmup_steps=None if args.warmup_steps < 0 else args.warmup_steps, init=args.init,
                        val_fraction=args.val_fraction, val_every=args.val_every, keep=args.keep,
+                       patience=args.patience, whiten=args.whiten,
                        checkpoint_dir=getattr(args, "checkpoint_dir", "") or None,
                        checkpoint_every=getattr(args, "checkpoint_every", 0),
                        resume=getattr(args, "resume", False), sigmoid_ring=getattr(args, "sigmoid_ring", False))

@@ -25,7 +25,7 @@ from .host import (
     require_lit_model,
     resolve_model,
     send_event,
-    trainable,
+    trainable_node,
     with_node_errors,
 )
 
@@ -125,42 +125,49 @@ class LiTLockedTuning:
             "cache_dir": ("STRING", {"default": "", "tooltip": "Where image embeddings are cached; empty: a "
                                                                ".lit_cache folder beside the dataset."}),
         } | {name: spec.node_input(name) for name in ("text_lr", "weight_decay", "warmup_steps", "init",
-                                                        "lora_alpha", "keep")
+                                                        "lora_alpha", "keep", "patience")
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     @with_node_errors(DISPLAY)
+    @trainable_node
     def train(self, image_tower, text_tower, dataset, mode: str, loss: str, steps: int, batch_size: int,
               learning_rate: float, seed: int, text_lr: float = spec.default("text_lr"),
               weight_decay: float = spec.default("weight_decay"), warmup_steps: int = spec.default("warmup_steps"),
               init: str = spec.default("init"), lora_rank: int = spec.default("lora_rank"),
               lora_alpha: float = spec.default("lora_alpha"), keep: str = spec.default("keep"),
               validation_fraction: float = spec.default("val_fraction"),
-              validate_every: int = spec.default("val_every"), cache_dir: str = "", unique_id: str | None = None):
+              validate_every: int = spec.default("val_every"), cache_dir: str = "",
+              patience: int = spec.default("patience"), unique_id: str | None = None):
         config = TrainConfig(steps=steps, batch_size=batch_size, lr=learning_rate, seed=seed,
                              text_lr=text_lr or None, weight_decay=weight_decay,
                              warmup_steps=None if warmup_steps < 0 else warmup_steps, init=init, keep=keep,
-                             val_fraction=validation_fraction, val_every=validate_every)
+                             val_fraction=validation_fraction, val_every=validate_every, patience=patience)
         progress = progress_callback(steps, "LiT locked tuning")
+
+        def send(step: int, total: int, metrics: dict) -> None:
+            numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            send_event(TRAIN_EVENT, {"node": unique_id, "step": step, "total": total, "metrics": numbers})
 
         def on_step(step: int, total: int, metrics: dict) -> None:
             progress(step)  # also raises ComfyUI's interruption, which the trainer turns into "keep best state"
             if step % EVENT_EVERY == 0 or step == total or any(k.startswith("val_") for k in metrics):
-                send_event(TRAIN_EVENT, {"node": unique_id, "step": step, "total": total,
-                                         "metrics": {k: float(v) for k, v in metrics.items()
-                                                     if isinstance(v, (int, float))}})
+                send(step, total, metrics)
 
-        with trainable():
-            model = LitModel(image_tower, text_tower, mode=mode, loss=loss, lora_rank=lora_rank,
-                             lora_alpha=lora_alpha, seed=seed)
-            try:
-                result = train_locked(model, dataset, config, cache_dir=cache_dir.strip() or None, callback=on_step,
-                                      interrupt_exceptions=interrupted_exception_types(),
-                                      embed_progress=embedding_progress())
-                report = result.report
-            except TrainingDiverged as err:
-                # The model is back on its best (finite) state: hand it on, and say loudly what happened.
-                result = err.result
-                report = f"STOPPED: {err}\n\n{result.report}"
+        def on_start(total: int, before: dict) -> None:
+            # the untrained (closed-form) point, so the chart's curves start at step 0
+            send(0, total, {f"val_{k}": v for k, v in before.items()})
+
+        model = LitModel(image_tower, text_tower, mode=mode, loss=loss, lora_rank=lora_rank,
+                         lora_alpha=lora_alpha, seed=seed)
+        try:
+            result = train_locked(model, dataset, config, cache_dir=cache_dir.strip() or None, callback=on_step,
+                                  interrupt_exceptions=interrupted_exception_types(),
+                                  embed_progress=embedding_progress(), on_start=on_start)
+            report = result.report
+        except TrainingDiverged as err:
+            # The model is back on its best (finite) state: hand it on, and say loudly what happened.
+            result = err.result
+            report = f"STOPPED: {err}\n\n{result.report}"
         send_event(TRAIN_EVENT, {"node": unique_id, "done": True, "step": result.steps_done, "total": steps,
                                  "metrics": {k: float(v) for k, v in result.best_metrics.items()
                                              if isinstance(v, (int, float))}})
@@ -231,6 +238,7 @@ class LiTLoadAdapter:
         }}
 
     @with_node_errors(DISPLAY)
+    @trainable_node
     def load(self, image_tower, text_tower, adapter: str, force: bool = False):
         if not adapter or adapter == NO_ADAPTERS:
             raise LitError("there is no adapter in models/lit yet.", input_name="adapter",
@@ -239,8 +247,7 @@ class LiTLoadAdapter:
         path = resolve_model(LIT_FOLDER, adapter, input_name="adapter", node=self.DISPLAY)
         check_interrupted()
         info = read_adapter_metadata(path)
-        with trainable():
-            model = load_adapter(path, image_tower, text_tower, force=force)
+        model = load_adapter(path, image_tower, text_tower, force=force)  # outside inference mode: trainable later
         lines = [f"{os.path.basename(path)}: mode {info.get('mode')}, loss {info.get('loss')}, "
                  f"{info.get('steps', '?')} steps on {info.get('dataset_size', '?')} images.",
                  f"image encoder: {info.get('image_tower', {}).get('name')}, text encoder: "

@@ -30,9 +30,10 @@ _LOOPBACK_ENV = {**os.environ, "OMP_NUM_THREADS": "1",
 
 def _towers():
     """A tiny random-init CNN (locked; its features only need to be fixed, not good) and the real MiniLM."""
+    from shapes_data import TinyShapesCNN
+
     from comfyui_lit.models.towers.image_tower import ImageTower
     from comfyui_lit.models.towers.text_tower import load_text_tower
-    from comfyui_lit.models.tuning.demo_data import TinyShapesCNN
 
     torch.manual_seed(0)
     net = TinyShapesCNN(dim=32).eval()
@@ -111,7 +112,7 @@ def _close(a: dict, b: dict, atol: float) -> bool:
 
 
 def test_two_processes_equal_one_process_and_resume_after_a_kill(tmp_path):
-    from comfyui_lit.models.tuning.demo_data import write_shapes_folder
+    from shapes_data import write_shapes_folder
 
     write_shapes_folder(str(tmp_path / "data"), N_IMAGES, seed=5)
     # 1 process, global batch 2b (its own cache folder: it must not profit from the 2-process cache)
@@ -157,7 +158,7 @@ def test_two_processes_equal_one_process_and_resume_after_a_kill(tmp_path):
 
 
 def test_one_process_resume_is_bit_equal(tmp_path):
-    from comfyui_lit.models.tuning.demo_data import write_shapes_folder
+    from shapes_data import write_shapes_folder
 
     data, cache, ckpt = str(tmp_path / "data"), str(tmp_path / "cache"), str(tmp_path / "ckpt")
     write_shapes_folder(data, N_IMAGES, seed=6)
@@ -196,8 +197,7 @@ def test_resume_from_a_checkpoint_without_decay_anchors_recomputes_them(tmp_path
     import json as json_
 
     from safetensors.torch import load_file, safe_open, save_file
-
-    from comfyui_lit.models.tuning.demo_data import write_shapes_folder
+    from shapes_data import write_shapes_folder
 
     data, cache, ckpt = str(tmp_path / "data"), str(tmp_path / "cache"), str(tmp_path / "ckpt")
     write_shapes_folder(data, 16, seed=9)
@@ -219,9 +219,9 @@ def test_resume_from_a_checkpoint_without_decay_anchors_recomputes_them(tmp_path
 
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
     import pytest
+    from shapes_data import write_shapes_folder
 
     from comfyui_lit.models.common.errors import LitError
-    from comfyui_lit.models.tuning.demo_data import write_shapes_folder
 
     data, ckpt = str(tmp_path / "data"), str(tmp_path / "ckpt")
     write_shapes_folder(data, 12, seed=7)
@@ -316,7 +316,8 @@ def test_streaming_tar_reader_yields_the_samples(tmp_path):
 
 
 def test_cli_train_runs_unchanged_under_torchrun_on_tar_shards(tmp_path):
-    from comfyui_lit.models.tuning.demo_data import write_shapes_folder
+    from shapes_data import write_shapes_folder
+
     from comfyui_lit.models.tuning.lit_model import read_adapter_metadata
 
     folder = write_shapes_folder(str(tmp_path / "folder"), 12, seed=8)

@@ -7,10 +7,10 @@ import os
 
 import pytest
 import torch
+from shapes_data import synthetic_shapes, tiny_shapes_tower, write_shapes_folder
 
 from comfyui_lit.models.common.errors import LitError
 from comfyui_lit.models.towers.text_tower import load_text_tower
-from comfyui_lit.models.tuning.demo_data import synthetic_shapes, tiny_shapes_tower, write_shapes_folder
 from comfyui_lit.nodes import host
 from comfyui_lit.nodes.tuning import LiTDataset, LiTLoadAdapter, LiTLockedTuning, LiTSaveAdapter
 from comfyui_lit.nodes.zero_shot import LiTScore, LiTSelectImages, LiTZeroShotClassify

@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from shapes_data import synthetic_shapes, tiny_shapes_tower
 from shared_data import shared_path
 
 from comfyui_lit.models.common.atomic import save_tensors_atomic
@@ -18,7 +19,6 @@ from comfyui_lit.models.data.embedding_cache import EmbeddingCache
 from comfyui_lit.models.towers.text_tower import load_text_tower
 from comfyui_lit.models.tuning import checkpoints, spec
 from comfyui_lit.models.tuning.closed_form import ridge_map
-from comfyui_lit.models.tuning.demo_data import synthetic_shapes, tiny_shapes_tower
 from comfyui_lit.models.tuning.lit_model import LitModel, load_adapter, save_adapter
 from comfyui_lit.models.tuning.metrics import _unique_texts, recall_at_k
 from comfyui_lit.models.tuning.trainer import TrainConfig, TrainingDiverged, train_locked

@@ -115,7 +115,7 @@ def _run_graph(wf, core):
 
 def test_train_then_classify_workflows_run_end_to_end(tmp_path, monkeypatch):
     """The two templates in sequence, as a user would: train + save an adapter, then load it and classify."""
-    from comfyui_lit.models.tuning.demo_data import synthetic_shapes, write_shapes_folder
+    from shapes_data import synthetic_shapes, write_shapes_folder
 
     monkeypatch.setenv("COMFYUI_LIT_MODELS", str(tmp_path / "models"))
     monkeypatch.chdir(tmp_path)

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import pytest
+import shapes_data as demo_data  # the shapes test fixture (tests/shapes_data.py)
 import torch
 import torch.nn.functional as F
 
 from comfyui_lit.models.common.errors import LitError
 from comfyui_lit.models.retrieval import spec, zero_shot
 from comfyui_lit.models.towers.text_tower import load_text_tower
-from comfyui_lit.models.tuning import demo_data
 from comfyui_lit.models.tuning.lit_model import LitModel
 
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0)}

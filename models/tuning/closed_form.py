@@ -46,3 +46,30 @@ def cca_maps(text: torch.Tensor, image: torch.Tensor, k: int = 16,
     a, b = inv_sqrt(xc.t() @ xc / n), inv_sqrt(yc.t() @ yc / n)
     u, _, vh = torch.linalg.svd(a @ (xc.t() @ yc / n) @ b)
     return (a @ u[:, :k]).float(), (b @ vh.t()[:, :k]).float(), mx.float(), my.float()
+
+
+def whitening(image: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """PCA whitening of (raw) image embeddings: ``basis [D, k]`` (the top-k principal directions of the centred
+    embeddings, orthonormal) and ``scale [k]`` (1/std along each), so ``(x - mean) @ basis * scale`` has unit
+    variance in k dims. A fixed statistic of the locked tower's outputs: nothing in the tower is trained."""
+    y = image.double()
+    yc = y - y.mean(0)
+    n, d = yc.shape
+    k = max(1, min(int(k), d, n - 1))
+    if n < d:  # fewer images than dims: the n x n Gram matrix has the same non-zero spectrum, and is cheaper
+        evals, u = torch.linalg.eigh(yc @ yc.t())
+        evals, u = evals.flip(0)[:k].clamp_min(1e-12), u.flip(1)[:, :k]
+        evecs = yc.t() @ u / evals.sqrt()
+        evals = evals / n
+    else:
+        evals, evecs = torch.linalg.eigh(yc.t() @ yc / n)
+        evals, evecs = evals.flip(0)[:k], evecs.flip(1)[:, :k]
+    return evecs.float().contiguous(), evals.clamp_min(1e-12 * float(evals[0])).rsqrt().float()
+
+
+def whitening_dims(n_images: int, embed_dim: int) -> list[int]:
+    """The whitening sizes the trainer chooses among on its validation split: a share of the training images
+    (measured on held-out Flickr8k, bench/lit_quality.py: about n/6 dims of ~500 images is best; more directions
+    than that are mostly noise a linear head fits to), never more than the embedding has."""
+    dims = sorted({max(4, min(embed_dim, round(n_images * f))) for f in (0.1, 0.17, 0.25)})
+    return [d for d in dims if d < n_images] or [max(1, n_images - 1)]

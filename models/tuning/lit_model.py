@@ -48,6 +48,10 @@ class LitAdapter(nn.Module):
         # The training images' mean raw embedding, subtracted before normalising: a fixed statistic of the locked
         # tower's outputs (like a BatchNorm mean), not a trained weight. Zero: no centring (older adapters).
         self.register_buffer("image_center", torch.zeros(embed_dim))
+        # Closed-form whitening of the locked embeddings (PCA to k dims, each scaled to unit variance), also a
+        # fixed statistic of the tower's outputs: ``basis`` [D, k] orthonormal, ``scale`` [k]. k = 0: none.
+        self.register_buffer("image_basis", torch.zeros(embed_dim, 0))
+        self.register_buffer("image_scale", torch.zeros(0))
 
     def forward(self, text_features: torch.Tensor) -> torch.Tensor:
         return self.head(text_features.to(self.head.weight.dtype))
@@ -121,14 +125,27 @@ class LitModel(nn.Module):
 
     def normalize_image_features(self, features: torch.Tensor) -> torch.Tensor:
         """Raw image-tower features (e.g. from the embedding cache) -> the shared space: centred on the training
-        images' mean (zero unless trained so), L2-normalised."""
-        center = self.adapter.image_center
-        return F.normalize(features.float() - center.to(features.device), dim=-1)
+        images' mean (zero unless trained so), whitened when the adapter holds a whitening, L2-normalised. The
+        result stays ``[N, D]`` (whitened coordinates are mapped back through the orthonormal basis)."""
+        a = self.adapter
+        x = features.float() - a.image_center.to(features.device)
+        if a.image_scale.numel():
+            basis = a.image_basis.to(x.device)
+            return F.normalize((x @ basis) * a.image_scale.to(x.device), dim=-1) @ basis.t()
+        return F.normalize(x, dim=-1)
 
     def set_image_center(self, mean: torch.Tensor) -> None:
         """Centre image embeddings on ``mean`` (the training images' raw mean embedding)."""
         with torch.no_grad():
             self.adapter.image_center.copy_(mean.detach().float().to(self.adapter.image_center.device))
+
+    def set_image_whitening(self, basis: torch.Tensor | None, scale: torch.Tensor | None) -> None:
+        """Whiten image embeddings with ``basis`` [D, k] (orthonormal columns) and ``scale`` [k]; None: off."""
+        a, dev = self.adapter, self.adapter.image_center.device
+        if basis is None or scale is None or not scale.numel():
+            basis, scale = torch.zeros(self.embed_dim, 0), torch.zeros(0)
+        a.image_basis = basis.detach().float().to(dev).contiguous()
+        a.image_scale = scale.detach().float().to(dev).contiguous()
 
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """Pooled text-tower features ``[N, hidden]`` (before the head); differentiable in lora/full mode."""
@@ -137,8 +154,13 @@ class LitModel(nn.Module):
         return self.text_tower(**self.text_tower.tokenize(list(texts)))
 
     def project_text(self, features: torch.Tensor) -> torch.Tensor:
-        """Pooled text features -> L2-normalised ``[N, D]`` in the image space."""
-        return F.normalize(self.adapter(features.to(self.adapter.head.weight.device)).float(), dim=-1)
+        """Pooled text features -> L2-normalised ``[N, D]`` in the image space (inside the whitened subspace when
+        the images are whitened, so text and image cosines are taken in the same k dims)."""
+        out = self.adapter(features.to(self.adapter.head.weight.device)).float()
+        if self.adapter.image_scale.numel():
+            basis = self.adapter.image_basis.to(out.device)
+            return F.normalize(out @ basis, dim=-1) @ basis.t()
+        return F.normalize(out, dim=-1)
 
     def encode_text(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         """Texts -> ``[N, D]`` L2-normalised (no grad)."""
@@ -172,6 +194,8 @@ class LitModel(nn.Module):
         out = {f"head.{k}": v for k, v in self.adapter.head.state_dict().items()}
         out.update({f"loss.{k}": v for k, v in self.adapter.loss.state_dict().items()})
         out["center.image"] = self.adapter.image_center
+        if self.adapter.image_scale.numel():
+            out["whiten.basis"], out["whiten.scale"] = self.adapter.image_basis, self.adapter.image_scale
         if self.mode == "lora":
             out.update({f"text.{k}": v for k, v in lora_state_dict(self.text_tower.model).items()})
         elif self.mode == "full":
@@ -191,6 +215,10 @@ class LitModel(nn.Module):
                 # Adapters saved before centring existed have no centre: zero, as they were trained.
                 self.adapter.image_center.copy_(center if center is not None else torch.zeros_like(
                     self.adapter.image_center))
+                basis, scale = state.get("whiten.basis"), state.get("whiten.scale")
+                if basis is not None and (scale is None or basis.shape != (self.embed_dim, scale.shape[0])):
+                    raise RuntimeError(f"whitening of shape {tuple(basis.shape)} for {self.embed_dim}-dim images")
+                self.set_image_whitening(basis, scale)  # none in the file (older adapters): no whitening
                 self.adapter.head.load_state_dict(head, strict=strict)
                 self.adapter.loss.load_state_dict(loss, strict=strict)
                 if self.mode != "head":

@@ -29,6 +29,7 @@ class Prepared:
     class_names: list[str] | None
     report: str
     text_feats: dict[str, torch.Tensor] = field(default_factory=dict)  # caption -> pooled features (frozen tower)
+    root: str | None = None  # the cache folder (image shards, text features)
 
 
 def _shared_cache_pass(cache: EmbeddingCache, root: str, parts: list[tuple[CaptionedDataset, bool]],
@@ -74,7 +75,7 @@ def prepare(model: LitModel, dataset: CaptionedDataset, *, val_fraction: float, 
     class_names = dataset.class_names()
     if class_names and len(val_ds) and not all(c[0] in class_names for c in val_ds.captions):
         class_names = None
-    prep = Prepared(train_ds, val_ds, train_feats, val_feats, cache, class_names, report)
+    prep = Prepared(train_ds, val_ds, train_feats, val_feats, cache, class_names, report, root=root)
     if model.mode == "head":  # frozen text tower: each distinct caption (train, validation, labels) once
         texts = {c for part in (train_ds, val_ds) for caps in part.captions for c in caps}
         prep.text_feats = cached_text_features(model.text_tower, sorted(texts | set(class_names or [])), root)
@@ -103,20 +104,23 @@ def cached_text_features(tower, texts: list[str], root: str | None) -> dict[str,
             try:
                 os.makedirs(root, exist_ok=True)
                 save_tensors_atomic({"features": torch.stack([known[t] for t in names])}, path,
-                                    metadata={"texts": json.dumps(names)})
+                                    metadata={"texts": json.dumps(names)}, overwrite=True)
             except OSError:
                 pass  # a read-only folder: the features stay in memory for this run
     return {t: known[t] for t in texts}
 
 
-def base_text_features(model: LitModel, prep: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every (training caption, its image index) pair's pooled text features from the tower as it is now (the
-    untuned tower: LoRA starts as the identity), for the closed-form start of the head."""
-    caps = [(c, i) for i, cs in enumerate(prep.train.captions) for c in cs]
+def base_text_features(model: LitModel, prep: Prepared,
+                       part: CaptionedDataset | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (caption, its image index) pair of ``part`` (default: the training images): pooled text features
+    from the tower as it is at the start (untuned: LoRA starts as the identity), for the closed-form start of the
+    head. Computed once per distinct caption and kept in the same on-disk text cache as head mode's."""
+    part = prep.train if part is None else part
+    caps = [(c, i) for i, cs in enumerate(part.captions) for c in cs]
     texts = [c for c, _ in caps]
-    if prep.text_feats:
-        feats = torch.stack([prep.text_feats[t] for t in texts])
-    else:
+    known = prep.text_feats if prep.text_feats and all(t in prep.text_feats for t in texts) else None
+    if known is None:
         with torch.no_grad():
-            feats = model.text_tower.encode(texts)
+            known = cached_text_features(model.text_tower, sorted(set(texts)), prep.root)
+    feats = torch.stack([known[t] for t in texts])
     return feats.float().cpu(), torch.tensor([i for _, i in caps])

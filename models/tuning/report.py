@@ -41,6 +41,9 @@ def format_report(model, result, prep) -> str:
              + f" {cache.location()}.",
              f"Speed: {result.pairs_per_second:.0f} pairs/s in the optimizer steps. "
              f"Final temperature scale {float(model.logit_scale.detach()):.2f}."]
+    if getattr(result, "start", ""):
+        lines.append(f"Start: {result.start} (the closed form is step 0; training keeps it unless validation "
+                     "improves).")
     lines += [f"Resume: {n}" for n in result.resume_notes]
     if result.history:
         lines.append(f"Loss: {result.history[0]['loss']:.4f} -> {result.history[-1]['loss']:.4f}.")
@@ -49,7 +52,7 @@ def format_report(model, result, prep) -> str:
         lines.append(f"Validation best (step {result.best_step}): {fmt_metrics(result.best_metrics)}")
         if "chance" in result.best_metrics:
             lines.append(f"(zero-shot chance level {result.best_metrics['chance']:.3f})")
-        kept = (f"the best validated state (lowest validation loss), step {result.best_step}"
+        kept = (f"the best validated state (highest validation recall), step {result.best_step}"
                 if result.kept == "best" else f"the last state, step {result.steps_done}")
         lines.append(f"Kept: {kept}.")
     else:

@@ -2,14 +2,15 @@
 
 The recipe (measured on held-out Flickr8k photos, ``bench/lit_quality.py``):
 
-1. image embeddings come from the on-disk cache, centred on the training set's mean (a fixed statistic, saved
-   with the adapter; the tower itself is never trained);
-2. the head starts from the closed-form ridge map text -> image (``init='ridge'``), so step 0 is already as good
-   as the classical baseline;
+1. image embeddings come from the on-disk cache, centred on the training set's mean and whitened (PCA to k dims,
+   unit variance): fixed statistics, saved with the adapter; the tower itself is never trained;
+2. the head starts from the closed-form ridge map text -> whitened image (``init='ridge'``; k and the ridge
+   strength picked on the validation split), so step 0 is already a strong closed-form map;
 3. it is then fine-tuned with the contrastive loss over very large batches (the whole cached set in ``head`` mode,
    where each distinct caption's features are computed once and a step is a matrix product), with weight decay
    toward that start rather than toward zero;
-4. the state with the lowest validation loss (a low-noise criterion) is kept.
+4. the state with the highest validation recall (R@1/5/10 both ways over every validation caption) is kept, and
+   the run stops early once ``patience`` validations in a row have not improved on it.
 
 Reads top to bottom: prepare the data, build the optimizer, (resume), loop, finish.
 """
@@ -23,6 +24,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 
 import torch
+import torch.nn.functional as F
 from transformers import get_cosine_schedule_with_warmup
 
 from ..common.errors import LitError
@@ -30,7 +32,7 @@ from ..data.dataset import CaptionedDataset
 from . import checkpoints as ckpts
 from . import distributed as dist_
 from . import spec
-from .closed_form import ridge_map
+from .closed_form import ridge_map, whitening, whitening_dims
 from .lit_model import LitModel
 from .metrics import evaluate, pair_loss
 from .objectives import make_objective
@@ -54,7 +56,9 @@ class TrainConfig:
     val_fraction: float = spec.default("val_fraction")
     val_every: int = spec.default("val_every")
     init: str = spec.default("init")
-    ridge_alpha: float = 0.1  # ridge strength relative to the text features' mean eigenvalue
+    ridge_alpha: float = 10.0  # ridge strength relative to the text features' mean eigenvalue (also tries 1/3 of it)
+    whiten: int = spec.default("whiten")  # -1: choose the size on validation; 0: off; k: k dims
+    patience: int = spec.default("patience")  # validations without improvement before stopping; 0: never
     center_images: bool = True  # centre image embeddings on the training mean (a statistic, not training)
     keep: str = spec.default("keep")  # "best" validated state or the "last" one
     restore_best: bool = True  # older spelling of keep: False == keep "last"
@@ -84,6 +88,8 @@ class TrainConfig:
                   ("grad_accum", self.grad_accum >= 1, "at least 1"),
                   ("val_fraction", 0.0 <= self.val_fraction < 0.9, "between 0 and 0.9"),
                   ("val_every", self.val_every >= 1, "at least 1"),
+                  ("patience", self.patience >= 0, "0 (never stop early) or more"),
+                  ("whiten", self.whiten >= -1, "-1 (auto), 0 (off) or a number of dims"),
                   ("init", self.init in spec.INITS, " or ".join(spec.INITS)),
                   ("keep", self.keep in spec.KEEP, " or ".join(spec.KEEP)),
                   ("mixed_precision", self.mixed_precision in ("auto", "bf16", "off"), "auto, bf16 or off"),
@@ -109,7 +115,8 @@ class TrainResult:
     steps_done: int = 0
     steps_total: int = 0  # the steps the run was set to (steps_done < steps_total: stopped early)
     interrupted: bool = False
-    stopped: str = ""  # why the run ended early: "" / "interrupted" / the divergence message
+    stopped: str = ""  # why the run ended early: "" / "interrupted" / "early stop: ..." / the divergence message
+    start: str = ""  # how the head started (the closed-form choice)
     cache_stats: dict[str, int] = field(default_factory=dict)
     dataset_report: str = ""
     seconds: float = 0.0
@@ -130,10 +137,15 @@ class TrainingDiverged(LitError):
 
 
 def _selection_score(metrics: dict[str, float]) -> float:
-    """Higher is better: minus the validation loss (smooth, low noise), recall where there is no loss."""
-    if "loss" in metrics:
-        return -metrics["loss"]
-    return metrics.get("mean_r@5", 0.0)
+    """Higher is better: the mean validation recall (R@1/5/10 both ways, over every validation caption). The
+    validation loss was tried first and is a poor judge here: from the closed-form start it falls for a few
+    steps while the temperature settles, as recall already drops (bench/README.md, 2026-12-02)."""
+    return _recall_score(metrics)
+
+
+def _recall_score(metrics: dict[str, float]) -> float:
+    """Mean of R@1/5/10 both ways: the closed-form candidates' criterion (six recalls are less noisy than one)."""
+    return sum(metrics.get(f"{d}_r@{k}", 0.0) for d in ("i2t", "t2i") for k in (1, 5, 10)) / 6
 
 
 class _Sampler:
@@ -154,15 +166,55 @@ class _Sampler:
         return idx, caps
 
 
-def _init_from_ridge(model: LitModel, prep: Prepared, alpha: float) -> None:
-    """Head <- the ridge map from the tower's text features to the (centred, normalised) image embeddings."""
+def _closed_form_start(model: LitModel, prep: Prepared, cfg: TrainConfig) -> str:
+    """Centre (and whiten) the locked image embeddings and start the head from the ridge map text -> image; the
+    whitening size and ridge strength are picked on the validation split among a few closed-form fits (each a
+    solve of the text features' size, so all of them cost well under a second). Returns what was chosen."""
+    feats = prep.train_feats if prep.train_feats is not None else _encode_images(model, prep.train,
+                                                                                 range(len(prep.train)))
+    if cfg.center_images:
+        model.set_image_center(feats.mean(0))
+    if cfg.init != "ridge":
+        return "random start"
     text, owner = base_text_features(model, prep)
-    target = model.normalize_image_features(prep.train_feats if prep.train_feats is not None else
-                                            _encode_images(model, prep.train, range(len(prep.train))))
-    w, b = ridge_map(text, target[owner].cpu(), alpha)
+    dims = [cfg.whiten] if cfg.whiten >= 0 else [0] + whitening_dims(len(prep.train), feats.shape[1])
+    evecs, inv_std = whitening(feats, max(dims)) if max(dims) > 0 else (None, None)
+    alphas = [cfg.ridge_alpha] if cfg.whiten >= 0 or prep.val_feats is None else [cfg.ridge_alpha / 3, cfg.ridge_alpha]
+    val_text = base_text_features(model, prep, part=prep.val)[0] if len(alphas) * len(dims) > 1 else None
+    best = None
+    for k in dims if val_text is not None else dims[-1:]:
+        model.set_image_whitening(*((evecs[:, :k], inv_std[:k]) if k else (None, None)))
+        # regress onto the whitened coordinates themselves, not their unit vectors (3 points better on a dev split)
+        x = feats.float() - model.adapter.image_center
+        target = (((x @ evecs[:, :k]) * inv_std[:k]) @ evecs[:, :k].t() if k else x)[owner]
+        for alpha in alphas:
+            w, b = ridge_map(text, target.cpu(), alpha)
+            score = _closed_form_score(model, prep, val_text, w, b) if val_text is not None else 0.0
+            if best is None or score > best[0]:
+                best = (score, k, alpha, w, b)
+    _, k, alpha, w, b = best
+    model.set_image_whitening(*((evecs[:, :k], inv_std[:k]) if k else (None, None)))
     with torch.no_grad():
         model.adapter.head.weight.copy_(w.t())
         model.adapter.head.bias.copy_(b)
+    return f"ridge start (alpha {alpha:g}), " + (f"images whitened to {k} dims" if k else "no whitening")
+
+
+@torch.no_grad()
+def _closed_form_score(model: LitModel, prep: Prepared, val_text: torch.Tensor, w: torch.Tensor,
+                       b: torch.Tensor) -> float:
+    """Validation recall of the head ``text @ w + b`` (val_text: every validation caption's base features)."""
+    from .metrics import _unique_texts, recall_at_k
+
+    texts, rel = _unique_texts(prep.val.captions)
+    first = {}
+    for i, c in enumerate(c for cs in prep.val.captions for c in cs):
+        first.setdefault(c, i)
+    txt = val_text[[first[t] for t in texts]] @ w + b
+    basis = model.adapter.image_basis
+    txt = F.normalize(txt @ basis, dim=-1) @ basis.t() if basis.shape[1] else F.normalize(txt, dim=-1)
+    img = model.normalize_image_features(prep.val_feats)
+    return _recall_score(recall_at_k(img, txt, rel, ks=(1, 5, 10)))
 
 
 def _encode_images(model: LitModel, ds: CaptionedDataset, idx) -> torch.Tensor:
@@ -226,11 +278,12 @@ class _Validator:
 
 
 class _Run:
-    """The state the loop carries: the result, the best validated state so far and its score."""
+    """The state the loop carries: the result, the best validated state so far, its score, and how many
+    validations have passed without improving on it (early stopping)."""
 
-    def __init__(self, model: LitModel, validator: _Validator) -> None:
+    def __init__(self, model: LitModel, validator: _Validator, patience: int = 0) -> None:
         self.model, self.validate, self.result = model, validator, TrainResult()
-        self.best_score = -math.inf
+        self.best_score, self.patience, self.since_best = -math.inf, patience, 0
 
     def judge(self, step: int) -> dict[str, float]:
         vm = self.validate()
@@ -240,57 +293,54 @@ class _Run:
         if step == 0:
             self.result.before_metrics = dict(vm)
         if _selection_score(vm) > self.best_score:
-            self.best_score = _selection_score(vm)
+            self.best_score, self.since_best = _selection_score(vm), 0
             self.result.best_state, self.result.best_step = self.model.trainable_state_dict(), step
             self.result.best_metrics = dict(vm)
+        else:
+            self.since_best += 1
         return vm
+
+    def out_of_patience(self) -> bool:
+        if self.patience and self.since_best >= self.patience:
+            self.result.stopped = (f"early stop: validation did not improve in {self.since_best} validations "
+                                   f"after step {self.result.best_step}")
+            return True
+        return False
 
 
 def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig | None = None, *,
                  cache_dir: str | None = None, callback: Callable[[int, int, dict], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  interrupt_exceptions: tuple[type[BaseException], ...] = (KeyboardInterrupt,),
-                 embed_progress: Callable[[int, int], None] | None = None) -> TrainResult:
+                 embed_progress: Callable[[int, int], None] | None = None,
+                 on_start: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Train ``model``'s text side on ``dataset`` with the image tower locked; returns a :class:`TrainResult`.
 
     - ``cache_dir``: where image embeddings are cached (default ``<dataset folder>/.lit_cache``).
     - ``callback(step, total, metrics)`` after every optimizer step (``val_*`` keys on validation steps). It may
       raise one of ``interrupt_exceptions`` (e.g. ComfyUI's cancel): the run stops and ends on the best validated
       state, ``interrupted=True``. ``should_stop()`` returning True does the same without an exception.
+    - ``on_start(total, val_metrics)`` once before the first step: the starting point (step 0) of a chart.
     - ``embed_progress(done, total)`` while image embeddings are computed/read before training.
     - A NaN/inf loss or gradient raises :class:`TrainingDiverged`; the model is then on its best validated state.
-
-    The caller decides whether autograd may run (nodes lift ComfyUI's inference mode with ``host.trainable()``).
-    """
-    config = config or TrainConfig()
-    config.validate()
-    cfg = config.resolved(model.mode)
-    t_start = time.perf_counter()
-    device = model.text_tower.device
+    The caller decides whether autograd may run (nodes lift inference mode with ``host.trainable_node``)."""
+    cfg = _resolve(config, model)
+    t_start, device = time.perf_counter(), model.text_tower.device
     world, rank = dist_.world_size(), dist_.rank()
-    if cfg.sigmoid_ring and model.loss_name != "sigmoid":
-        raise LitError("the ring exchange is for the sigmoid loss.", input_name="sigmoid_ring",
-                       fix="use loss 'sigmoid', or turn the ring off for the softmax loss.")
 
-    # -- data ------------------------------------------------------------------------------------------------
+    # -- data and the closed-form start ----------------------------------------------------------------------
     prep = prepare(model, dataset, val_fraction=cfg.val_fraction, seed=cfg.seed, cached=cfg.cache_embeddings,
                    cache_dir=cache_dir, embed_batch_size=cfg.embed_batch_size, embed_progress=embed_progress)
-    n_train, caps_of = len(prep.train), prep.train.captions
-    if n_train < 2 * world:
-        raise LitError(f"{n_train} training images for {world} processes.", input_name="dataset",
+    if len(prep.train) < 2 * world:
+        raise LitError(f"{len(prep.train)} training images for {world} processes.", input_name="dataset",
                        fix="use fewer processes or more data (at least 2 images per process).")
-    bs = min(cfg.batch_size * world, n_train)
-    sampler = _Sampler(n_train, bs, cfg.seed)
+    sampler = _Sampler(len(prep.train), min(cfg.batch_size * world, len(prep.train)), cfg.seed)
     checkpoint, ckpt_path, notes = (ckpts.find_resumable(cfg.checkpoint_dir, cfg.steps) if cfg.resume
                                     else (None, None, []))
-    # A fresh start: centre, then the closed-form head. A resume loads its weights from the checkpoint, but the
-    # weight decay pulls toward the START weights: they come from the checkpoint too, or, in a checkpoint written
-    # before they were stored, from the same (deterministic) initialisation computed again here.
-    if checkpoint is None or not any(k.startswith("anchor.") for k in checkpoint[0]):
-        if cfg.center_images and prep.train_feats is not None:
-            model.set_image_center(prep.train_feats.mean(0))
-        if cfg.init == "ridge":
-            _init_from_ridge(model, prep, cfg.ridge_alpha)
+    # A resume loads the weights and the decay's anchors (the start) from the checkpoint; one written before
+    # anchors were stored gets the same (deterministic) start computed again here.
+    fresh = checkpoint is None or not any(k.startswith("anchor.") for k in checkpoint[0])
+    start_note = _closed_form_start(model, prep, cfg) if fresh else ""
 
     # -- optimizer, schedule, objective ----------------------------------------------------------------------
     opt, anchors = _optimizer(model, cfg)
@@ -299,42 +349,38 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
     objective = make_objective(model.adapter.loss, world=world, rank=rank, ring=cfg.sigmoid_ring)
     bf16 = (device.type == "cuda" and cfg.mixed_precision in ("auto", "bf16")) or cfg.mixed_precision == "bf16"
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
-    run = _Run(model, _Validator(model, prep))
+    run = _Run(model, _Validator(model, prep), cfg.patience if prep.val_feats is not None else 0)
     result = run.result
     result.world_size, result.dataset_report, result.resume_notes = world, prep.report, notes
-    result.steps_total = cfg.steps
-    run_info = {"global_batch": bs, "n_train": n_train, "mode": model.mode, "loss": model.loss_name,
-                "seed": cfg.seed, "steps": cfg.steps, "world_size": world, "lora_rank": model.lora_rank,
-                "image_tower": model.image_tower.fingerprint, "text_tower": model.text_tower.fingerprint,
-                "lr": cfg.lr, "text_lr": cfg.text_lr, "weight_decay": cfg.weight_decay}
+    result.steps_total, result.start = cfg.steps, start_note
+    run_info = _run_info(model, cfg, sampler.batch, len(prep.train), world)
 
     model.eval()  # dropout off throughout: small-data tuning doesn't need it and runs stay reproducible
-    start = 1
     if checkpoint is not None:
         start = _resume(model, run, checkpoint, ckpt_path, run_info, opt, sched, sampler, anchors)
     else:
-        run.judge(0)
-        if not result.best_state:
-            result.best_state = model.trainable_state_dict()
+        start, before = 1, run.judge(0)
+        result.best_state = result.best_state or model.trainable_state_dict()
+        if on_start is not None:
+            on_start(cfg.steps, before)
 
     # -- the loop --------------------------------------------------------------------------------------------
-    pairs, step_s, step = 0, 0.0, start - 1
-    rng_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices):  # seeded, and the caller's stream is untouched
-        torch.manual_seed(int(cfg.seed))
+    pairs, step_s = 0, 0.0
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(int(cfg.seed))  # seeded, and the caller's stream is untouched
         if checkpoint is not None:
             torch.set_rng_state(checkpoint[0]["rng.torch"])
         try:
             for step in range(start, cfg.steps + 1):
                 if should_stop is not None and should_stop():
-                    result.interrupted, step = True, step - 1
+                    result.interrupted = True
                     break
                 t0 = time.perf_counter()
                 opt.zero_grad(set_to_none=True)
                 loss_sum = 0.0
                 for _ in range(cfg.grad_accum):
-                    idx, caps = sampler.next(caps_of)
-                    pos = torch.tensor([[a == b for b in caps] for a in caps], device=device)
+                    idx, caps = sampler.next(prep.train.captions)
+                    pos = _same_caption(caps).to(device)
                     lo, hi = objective.slice(len(idx))
                     feats = (prep.train_feats[idx[lo:hi]] if prep.train_feats is not None
                              else _encode_images(model, prep.train, idx[lo:hi]))
@@ -347,35 +393,67 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
                     (loss / cfg.grad_accum).backward()
                     loss_sum += float(global_loss) / cfg.grad_accum
                     pairs += len(idx)
-                params = [p for g in opt.param_groups for p in g["params"]]
-                # Per-rank losses sum to the global loss, so SUMMED gradients are its exact gradient (no DDP
-                # wrapping: the frozen towers and cached features stay out of any bucket).
-                dist_.all_reduce_sum_([p.grad for p in params if p.grad is not None])
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                if not torch.isfinite(norm):
-                    raise _diverged(run, step, f"the gradients became {float(norm)}")
-                opt.step()
-                _decay_toward(opt, anchors)
-                sched.step()
+                _apply_gradients(opt, anchors, sched, cfg, run, step)
                 step_s += time.perf_counter() - t0
-                entry = {"step": step, "loss": loss_sum, "lr": opt.param_groups[0]["lr"],
-                         "logit_scale": float(model.logit_scale.detach()),
-                         "logit_bias": float(model.logit_bias.detach())}
-                result.history.append(entry)
-                result.steps_done = step
-                metrics = dict(entry)
+                metrics = _log(run, step, loss_sum, opt)
                 if prep.val_feats is not None and (step % cfg.val_every == 0 or step == cfg.steps):
                     metrics.update({f"val_{k}": v for k, v in run.judge(step).items()})
                 if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                    _save_checkpoint(cfg.checkpoint_dir, step, model, run, run_info, opt, sched, sampler,
-                                     anchors)
+                    _save_checkpoint(cfg.checkpoint_dir, step, model, run, run_info, opt, sched, sampler, anchors)
                 if callback is not None:
                     callback(step, cfg.steps, metrics)
+                if run.out_of_patience():
+                    break
         except interrupt_exceptions:
             result.interrupted = True
     result.pairs_per_second = pairs / step_s if step_s > 0 else 0.0
     _finish(model, run, cfg, prep, t_start)
     return result
+
+
+def _resolve(config: TrainConfig | None, model: LitModel) -> TrainConfig:
+    config = config or TrainConfig()
+    config.validate()
+    if config.sigmoid_ring and model.loss_name != "sigmoid":
+        raise LitError("the ring exchange is for the sigmoid loss.", input_name="sigmoid_ring",
+                       fix="use loss 'sigmoid', or turn the ring off for the softmax loss.")
+    return config.resolved(model.mode)
+
+
+def _run_info(model: LitModel, cfg: TrainConfig, global_batch: int, n_train: int, world: int) -> dict:
+    """What a checkpoint must agree on to be resumed (lr, text_lr, weight decay may change, and are said so)."""
+    return {"global_batch": global_batch, "n_train": n_train, "mode": model.mode, "loss": model.loss_name,
+            "seed": cfg.seed, "steps": cfg.steps, "world_size": world, "lora_rank": model.lora_rank,
+            "image_tower": model.image_tower.fingerprint, "text_tower": model.text_tower.fingerprint,
+            "lr": cfg.lr, "text_lr": cfg.text_lr, "weight_decay": cfg.weight_decay}
+
+
+def _apply_gradients(opt, anchors: list[list[torch.Tensor]], sched, cfg: TrainConfig, run: _Run, step: int) -> None:
+    params = [p for g in opt.param_groups for p in g["params"]]
+    # Per-rank losses sum to the global loss, so SUMMED gradients are its exact gradient (no DDP wrapping: the
+    # frozen towers and cached features stay out of any bucket).
+    dist_.all_reduce_sum_([p.grad for p in params if p.grad is not None])
+    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    if not torch.isfinite(norm):
+        raise _diverged(run, step, f"the gradients became {float(norm)}")
+    opt.step()
+    _decay_toward(opt, anchors)
+    sched.step()
+
+
+def _log(run: _Run, step: int, loss: float, opt) -> dict[str, float]:
+    model, result = run.model, run.result
+    entry = {"step": step, "loss": loss, "lr": opt.param_groups[0]["lr"],
+             "logit_scale": float(model.logit_scale.detach()), "logit_bias": float(model.logit_bias.detach())}
+    result.history.append(entry)
+    result.steps_done = step
+    return dict(entry)
+
+
+def _same_caption(caps: list[str]) -> torch.Tensor:
+    """``[B, B]`` True where two captions of the batch are the same text (both are then positives)."""
+    ids = torch.tensor([hash(c) for c in caps])
+    return ids[:, None] == ids[None, :]
 
 
 def _text_embed(model: LitModel, prep: Prepared, texts: list[str]) -> torch.Tensor:
