@@ -483,3 +483,53 @@ def route_encoder_attention(encoder: Any, wrap: Callable[[Callable], Callable], 
             previous = previous.inner
         twin.patcher.add_object_patch(key, RoutedLayerForward(layer, wrap, previous))
     return twin, len(layers)
+
+
+# ---- diffusion prior: ComfyUI's own sampling path, so the MODEL's patches, wrappers, LoRAs and ControlNets apply
+
+
+def comfy_sampling_available() -> bool:
+    try:
+        import comfy.samplers  # type: ignore[import-not-found]  # noqa: F401
+    except Exception:  # noqa: BLE001 - no host
+        return False
+    return True
+
+
+def run_with_comfy_model(model: Any, conditioning: Any, latent: torch.Tensor, seed: int,
+                         body: Callable[[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]], Any]) -> Any:
+    """Run ``body(predict_x0)`` inside ComfyUI's sampler, with ``predict_x0(noisy_latent, sigma)`` the guider's own
+    model call (what KSampler's samplers call each step).
+
+    Calling ``apply_model`` directly skips ``model_options``: patches from other nodes (attention overrides,
+    unet wrappers, sampler CFG functions, ControlNet, hooks) would silently not apply. Here ComfyUI prepares the
+    ``MODEL`` (loads it with its patches, processes the conditioning for this latent size) exactly as for KSampler,
+    then hands our sampler function the wrapped model; ``body`` is the restoration loop, which calls it per step.
+    ``latent`` gives only the shape; the sampler's own latent is ignored and ``body``'s result returned.
+    """
+    import comfy.samplers  # type: ignore[import-not-found]
+
+    box: dict[str, Any] = {}
+
+    def lit_restoration_sampler(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        extra = dict(extra_args or {})
+
+        def predict_x0(noisy: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            s = sigma.to(x.device, torch.float32).reshape(-1)
+            if s.numel() == 1:
+                s = s.expand(noisy.shape[0])
+            return model_k(noisy.to(x.device, x.dtype), s, **extra)
+
+        box["result"] = body(predict_x0)
+        return x
+
+    guider = comfy.samplers.CFGGuider(model)
+    # One conditioning at cfg 1: the prior is a single x0 prediction, no classifier-free guidance pair.
+    guider.inner_set_conds({"positive": conditioning})
+    guider.set_cfg(1.0)
+    ms = model.get_model_object("model_sampling")
+    sigmas = torch.tensor([float(ms.sigma_max), 0.0])
+    zeros = torch.zeros_like(latent, device="cpu")
+    guider.sample(zeros, zeros, comfy.samplers.KSAMPLER(lit_restoration_sampler), sigmas, disable_pbar=True,
+                  seed=int(seed))
+    return box["result"]

@@ -111,7 +111,9 @@ class LiTRestorationSampler:
         if prior is not None:
             denoiser = as_prior(prior, device)
         elif model is not None:
-            host.load_models_gpu([model])
+            if conditioning is None and host.comfy_sampling_available():
+                raise LitError("a diffusion prior needs a conditioning.", input_name="conditioning",
+                               fix="connect a CLIP Text Encode (an empty prompt is fine) to 'conditioning'.")
             denoiser = DiffusionDenoiser(model, vae, conditioning)
         else:
             # one-shot denoising can afford BM3D's grouped Wiener pass; iterative tasks call the prior many times
@@ -119,10 +121,21 @@ class LiTRestorationSampler:
         n_steps = steps if steps > 0 else schedule_for(op, denoiser.trained).steps
         if lit_model is not None and guidance > 0:
             require_lit_model(lit_model)
-        out = restore(op, denoiser, steps=n_steps, seed=seed, strength=strength, stochastic=stochastic,
-                      lit_model=lit_model, positive=split_prompts(positive),
-                      negative=split_prompts(negative), guidance=guidance,
-                      callback=progress_callback(n_steps, desc="LiT restore"))
+
+        def run_restore(prior) -> torch.Tensor:
+            return restore(op, prior, steps=n_steps, seed=seed, strength=strength, stochastic=stochastic,
+                           lit_model=lit_model, positive=split_prompts(positive),
+                           negative=split_prompts(negative), guidance=guidance,
+                           callback=progress_callback(n_steps, desc="LiT restore"))
+
+        if isinstance(denoiser, DiffusionDenoiser) and host.comfy_sampling_available():
+            # Through ComfyUI's sampler, so the MODEL's patches (attention, LoRA, ControlNet, wrappers) apply.
+            def with_host_model(predict_x0):
+                return run_restore(DiffusionDenoiser(model, vae, conditioning, predict_x0=predict_x0))
+
+            out = host.run_with_comfy_model(model, conditioning, denoiser.encode(op.init()), seed, with_host_model)
+        else:
+            out = run_restore(denoiser)
         result = out.permute(0, 2, 3, 1).float().cpu().contiguous()
         report = f"{degradation}: {denoiser.note}; {n_steps} steps"
         print(f"[LiT Restoration Sampler] {report}")

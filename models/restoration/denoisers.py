@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -204,12 +205,16 @@ class DiffusionDenoiser(Denoiser):
     ``conditioning``: a ComfyUI ``CONDITIONING`` (``[[tensor, dict], ...]``; first entry used) or None.
     ``sigma_scale`` maps pixel-space noise std (0..1 units) to the model's latent sigma: pixels span 2 units in
     the VAE's [-1, 1] range and SD-family latents have about unit variance, so pixel sigma * 4 is a close match.
+    ``predict_x0(noisy_latent, model_sigma) -> x0 latent``: the host's own sampling path (inside ComfyUI, the
+    guider's model call, so the MODEL's patches, wrappers, LoRAs and ControlNets apply). Without it the model's
+    ``apply_model`` is called directly with conditioning built here (the host-free path the unit tests use).
     """
 
     wants_clean_input = True
     note = "prior: diffusion MODEL"
 
-    def __init__(self, model: Any, vae: Any, conditioning: Any = None, sigma_scale: float = 4.0) -> None:
+    def __init__(self, model: Any, vae: Any, conditioning: Any = None, sigma_scale: float = 4.0,
+                 predict_x0: Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
         inner = getattr(model, "model", model)
         for member in ("model_sampling", "apply_model", "process_latent_in", "process_latent_out"):
             if not hasattr(inner, member):
@@ -220,6 +225,7 @@ class DiffusionDenoiser(Denoiser):
                 raise LitError(f"this VAE has no '{member}'.", input_name="vae", fix="connect a VAE.")
         self.model, self.inner, self.vae = model, inner, vae
         self.conditioning, self.sigma_scale = conditioning, float(sigma_scale)
+        self.predict_x0 = predict_x0
         ms = inner.model_sampling
         zero = torch.zeros(1, 1, 1, 1)
         # flow (CONST) models interpolate: noise_scaling(s, 0, 1) = 1 - s; EPS/V models add: = 1
@@ -254,19 +260,27 @@ class DiffusionDenoiser(Denoiser):
             out[key] = getattr(value, "cond", value)
         return out
 
+    def encode(self, x: Tensor) -> Tensor:
+        """``x`` [B,C,H,W] in 0..1 -> the VAE's latent (not yet ``process_latent_in``)."""
+        h, w = x.shape[-2], x.shape[-1]
+        # VAEs downsample by 8: pad (edge-replicated) to a multiple, crop after decoding
+        pixels = F.pad(x.clamp(0, 1), (0, -w % 8, 0, -h % 8), mode="replicate").permute(0, 2, 3, 1)
+        return self.vae.encode(pixels[..., :3])
+
     def __call__(self, x: Tensor, sigma: float | Tensor, generator: torch.Generator | None = None) -> Tensor:
         b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
         s = sigma_vec(sigma, b, x.device)
-        # VAEs downsample by 8: pad (edge-replicated) to a multiple, crop after decoding
-        pixels = F.pad(x.clamp(0, 1), (0, -w % 8, 0, -h % 8), mode="replicate").permute(0, 2, 3, 1)
-        latent = self.inner.process_latent_in(self.vae.encode(pixels[..., :3]))
+        latent = self.inner.process_latent_in(self.encode(x))
         # ComfyUI's VAE hands latents back on its output device; the model runs on its load device
         dev = getattr(self.model, "load_device", None) or latent.device
         latent = latent.to(dev)
         ms_sigma = self.model_sigma(s.to(dev))
         noise = torch.randn(latent.shape, generator=generator, device="cpu").to(dev, latent.dtype)
         noisy = self.inner.model_sampling.noise_scaling(ms_sigma, noise, latent)
-        den = self.inner.apply_model(noisy, ms_sigma, **self._conds(noisy, latent))
+        if self.predict_x0 is not None:
+            den = self.predict_x0(noisy, ms_sigma)
+        else:
+            den = self.inner.apply_model(noisy, ms_sigma, **self._conds(noisy, latent))
         img = self.vae.decode(self.inner.process_latent_out(den))
         if img.ndim == 5:  # video VAEs return [B,T,H,W,C]
             img = img[:, 0]
