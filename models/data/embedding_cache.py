@@ -7,7 +7,8 @@ hash (the tensor name), and store them in safetensors shards written atomically 
 The disk is not trusted: each shard's header carries a SHA-256 of its tensors, checked when it is read, and every
 embedding is checked for the tower's dimension and for finiteness. A shard that fails is dropped (deleted when
 possible) with one warning and its images are recomputed. Shards are written every few seconds and when the pass
-is interrupted (Ctrl+C, Cancel, SIGTERM turned into an exception), so a stopped first run keeps what it encoded.
+is interrupted (Ctrl+C, Cancel, SIGTERM turned into an exception), so a stopped first run keeps what it encoded;
+after a finished pass, many small shards are merged into few large ones (see :meth:`EmbeddingCache.compact`).
 Decoding is bounded: each image is decoded, preprocessed to the tower's input size and dropped before the next one,
 so memory holds one full-resolution image and one batch of tower inputs, whatever the photos' size.
 """

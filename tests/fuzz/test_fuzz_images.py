@@ -242,8 +242,7 @@ def test_enhancement_refuses_a_bad_mask(fuzz, mask, match):
         grade = _enhance(img)["result"][1]
         fuzz(lambda: LiTApplyEnhancement().run(img, grade, mask=mask), "clear", match=match)
     fuzz(lambda: enhance(img, None, steps=1, samples=1, mask=mask, proxy_max_side=32), "clear", match=match)
-    fuzz(lambda: apply_enhancement(img, EnhancementParams.identity(1) if hasattr(EnhancementParams, "identity")
-                                   else grade, mask), "clear", match=match)
+    fuzz(lambda: apply_enhancement(img, EnhancementParams.identity(1), mask), "clear", match=match)
 
 
 @pytest.mark.parametrize("kind,match", [("nan", "NaN"), ("empty", "empty"), ("none", "nothing is connected")])
