@@ -236,7 +236,8 @@ def main() -> None:
     results = {}
     for mode, loss in runs:
         results[f"{mode} + {loss}"] = train_mode(bench, mode, loss, args.steps)
-        print(f"  trained {mode} + {loss}: {results[f'{mode} + {loss}']['seconds']:.0f}s", flush=True)
+        print(f"  trained {mode} + {loss}: {results[f'{mode} + {loss}']['seconds']:.0f}s\n  "
+              + _row(f"{mode} + {loss}", results[f"{mode} + {loss}"]), flush=True)
     from comfyui_lit.models.tuning.lit_model import LitModel
 
     untrained = LitModel(bench.image_tower, bench.text_tower, mode="head", seed=0)

@@ -140,7 +140,11 @@ def test_save_load_reproduces_logits_exactly(trained, tower, text_tower, tmp_pat
     path = save_adapter(model, str(tmp_path / "shapes_head"))
     assert path.endswith(".safetensors")
     shapes_ = tensor_shapes(path)
-    assert set(shapes_) == {"head.weight", "head.bias", "loss.log_scale", "center.image"}  # trained + centre
+    # trained + the image statistics (centre, and the whitening when the closed-form start chose one)
+    whiten = {"whiten.basis", "whiten.scale"} if model.adapter.image_scale.numel() else set()
+    assert set(shapes_) == {"head.weight", "head.bias", "loss.log_scale", "center.image"} | whiten
+    if whiten:
+        assert shapes_["whiten.basis"] == (64, model.adapter.image_scale.numel())
     meta = read_adapter_metadata(path)
     assert meta["image_tower"]["fingerprint"] == tower.fingerprint
     assert meta["text_tower"]["fingerprint"] == text_tower.fingerprint

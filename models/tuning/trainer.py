@@ -344,11 +344,9 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
 
     # -- optimizer, schedule, objective ----------------------------------------------------------------------
     opt, anchors = _optimizer(model, cfg)
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None and cfg.warmup_steps >= 0 else max(1, cfg.steps // 20)
-    sched = get_cosine_schedule_with_warmup(opt, warmup, cfg.steps)
+    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
     objective = make_objective(model.adapter.loss, world=world, rank=rank, ring=cfg.sigmoid_ring)
-    bf16 = (device.type == "cuda" and cfg.mixed_precision in ("auto", "bf16")) or cfg.mixed_precision == "bf16"
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+    autocast = _autocast(device, cfg)
     run = _Run(model, _Validator(model, prep), cfg.patience if prep.val_feats is not None else 0)
     result = run.result
     result.world_size, result.dataset_report, result.resume_notes = world, prep.report, notes
@@ -417,7 +415,15 @@ def _resolve(config: TrainConfig | None, model: LitModel) -> TrainConfig:
     if config.sigmoid_ring and model.loss_name != "sigmoid":
         raise LitError("the ring exchange is for the sigmoid loss.", input_name="sigmoid_ring",
                        fix="use loss 'sigmoid', or turn the ring off for the softmax loss.")
-    return config.resolved(model.mode)
+    cfg = config.resolved(model.mode)
+    if cfg.warmup_steps is None or cfg.warmup_steps < 0:
+        cfg.warmup_steps = max(1, cfg.steps // 20)
+    return cfg
+
+
+def _autocast(device: torch.device, cfg: TrainConfig) -> Callable:
+    bf16 = (device.type == "cuda" and cfg.mixed_precision in ("auto", "bf16")) or cfg.mixed_precision == "bf16"
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
 
 
 def _run_info(model: LitModel, cfg: TrainConfig, global_batch: int, n_train: int, world: int) -> dict:
