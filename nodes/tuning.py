@@ -18,7 +18,6 @@ from .host import (
     check_interrupted,
     embedding_progress,
     input_directory,
-    interrupted_exception_types,
     list_models,
     lit_save_dir,
     progress_callback,
@@ -149,7 +148,7 @@ class LiTLockedTuning:
             send_event(TRAIN_EVENT, {"node": unique_id, "step": step, "total": total, "metrics": numbers})
 
         def on_step(step: int, total: int, metrics: dict) -> None:
-            progress(step)  # also raises ComfyUI's interruption, which the trainer turns into "keep best state"
+            progress(step)  # also raises ComfyUI's interruption: Cancel stops the whole prompt, as for KSampler
             if step % EVENT_EVERY == 0 or step == total or any(k.startswith("val_") for k in metrics):
                 send(step, total, metrics)
 
@@ -160,9 +159,11 @@ class LiTLockedTuning:
         model = LitModel(image_tower, text_tower, mode=mode, loss=loss, lora_rank=lora_rank,
                          lora_alpha=lora_alpha, seed=seed)
         try:
+            # No interrupt is caught here (unlike the CLI's Ctrl-C, which saves the best state): in the graph, Cancel
+            # means stop, so Save Adapter and everything else downstream must not run on a half-trained model.
+            # Early stopping (patience) is the way to end a run early and keep it.
             result = train_locked(model, dataset, config, cache_dir=cache_dir.strip() or None, callback=on_step,
-                                  interrupt_exceptions=interrupted_exception_types(),
-                                  embed_progress=embedding_progress(), on_start=on_start)
+                                  interrupt_exceptions=(), embed_progress=embedding_progress(), on_start=on_start)
             report = result.report
         except TrainingDiverged as err:
             # The model is back on its best (finite) state: hand it on, and say loudly what happened.

@@ -93,7 +93,7 @@ def test_score_and_select_nodes(towers, tmp_path):
     assert [float(v) for v in vals.split(",")] == sorted([float(v) for v in vals.split(",")], reverse=True)
 
 
-def test_in_graph_dataset_and_interrupt_keeps_best_state(towers, monkeypatch):
+def test_in_graph_dataset_and_cancel_stops_the_prompt(towers, monkeypatch):
     images, captions, _ = synthetic_shapes(40, seed=3)
     text = "\n".join(" | ".join(c) for c in captions)
     with torch.inference_mode():
@@ -102,21 +102,22 @@ def test_in_graph_dataset_and_interrupt_keeps_best_state(towers, monkeypatch):
 
     calls = {"n": 0}
 
+    class Cancelled(Exception):  # what ComfyUI's Cancel raises inside the host is its own exception type
+        pass
+
     def cancel_at_step_15():
         calls["n"] += 1
-        if calls["n"] == 15:
-            raise KeyboardInterrupt  # what ComfyUI's Cancel raises inside the host is its own exception type
+        if calls["n"] >= 15:
+            raise Cancelled
 
     monkeypatch.setattr("comfyui_lit.nodes.host.check_interrupted", cancel_at_step_15)
     # Count training steps only: the embedding pass checks for Cancel too (a Cancel there is tested in tests/fuzz).
     monkeypatch.setattr("comfyui_lit.nodes.tuning.embedding_progress", lambda: None)
-    model, report = _train(towers, dataset, steps=50)
-    assert "interrupted" in report and "15/50" in report
-    # Validation runs at steps 0 and 20; the Cancel at step 15 is judged too, so the kept state is one of the two
-    # judged ones (the ridge start at step 0 may already be the best) and never an unjudged step.
-    assert model.training_info["kept"] == "best" and model.training_info["best_step"] in (0, 15)
-    assert f"Validation best (step {model.training_info['best_step']})" in report
-    assert model.training_info["interrupted"]
+    # The interruption leaves the node (ComfyUI then stops the prompt: no Save Adapter on a half-trained model)
+    # at once: no further training step runs.
+    with pytest.raises(Cancelled):
+        _train(towers, dataset, steps=50)
+    assert calls["n"] == 15
 
 
 def test_node_errors_name_node_input_and_fix(towers, tmp_path, models_dir):
