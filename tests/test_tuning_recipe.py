@@ -221,3 +221,40 @@ def test_save_adapter_overwrites_by_default_and_says_when_it_renamed(text_tower,
     assert first["result"][0] == second["result"][0] and first["result"][0].endswith("mine.safetensors")
     assert second["ui"]["text"][0] == f"saved {second['result'][0]}"
     assert kept["result"][0].endswith("mine_0001.safetensors") and "overwrite is off" in kept["ui"]["text"][0]
+
+
+def test_whitening_is_orthonormal_unit_variance_and_the_same_both_ways():
+    from comfyui_lit.models.tuning.closed_form import whitening
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 24, generator=g) @ torch.randn(24, 24, generator=g) * 3 + 5
+    basis, scale = whitening(x, 8)  # 40 images > 24 dims: the covariance path
+    assert torch.allclose(basis.t() @ basis, torch.eye(8), atol=1e-5)
+    z = (x - x.mean(0)) @ basis * scale
+    assert torch.allclose(z.var(0, unbiased=False), torch.ones(8), atol=1e-4)
+    few = x[:20]  # 20 images < 24 dims: the Gram-matrix path; checked against the covariance's eigenvectors
+    b2, s2 = whitening(few, 6)
+    c = ((few - few.mean(0)).t() @ (few - few.mean(0)) / 20).double()
+    evals, evecs = torch.linalg.eigh(c)
+    assert torch.allclose(s2.double(), evals.flip(0)[:6].rsqrt(), rtol=1e-3)
+    assert torch.allclose((b2.double().t() @ evecs.flip(1)[:, :6]).abs(), torch.eye(6, dtype=torch.float64), atol=1e-3)
+
+
+def test_whitened_start_early_stop_and_the_step0_point(text_tower, shapes):
+    model = LitModel(tiny_shapes_tower(), text_tower, mode="head")
+    starts = []
+    result = train_locked(model, shapes, TrainConfig(steps=200, batch_size=64, lr=3e-2, val_every=2, patience=2,
+                                                     whiten=8, val_fraction=0.25),
+                          on_start=lambda total, m: starts.append((total, dict(m))))
+    # the closed form was whitened to 8 dims, saved with the adapter, and both sides live in that subspace
+    assert model.adapter.image_scale.numel() == 8 and "whitened to 8 dims" in result.start
+    basis = model.adapter.image_basis
+    txt = model.encode_text(["a red circle on a white background"])
+    assert torch.allclose(txt @ basis @ basis.t(), txt, atol=1e-5) and torch.allclose(txt.norm(dim=-1), torch.ones(1))
+    # step 0 is reported once, before any step, with the metrics the history holds for step 0
+    assert len(starts) == 1 and starts[0][0] == 200 and starts[0][1] == {k: v for k, v in result.val_history[0].items()
+                                                                          if k != "step"}
+    # a big lr on 60 images stops improving: the run ends early on patience, on its best validated state
+    assert result.steps_done < 200 and result.stopped.startswith("early stop")
+    last = [v["step"] for v in result.val_history][-2:]
+    assert all(s > result.best_step for s in last) and "early stop" in result.report

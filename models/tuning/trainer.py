@@ -170,6 +170,8 @@ def _closed_form_start(model: LitModel, prep: Prepared, cfg: TrainConfig) -> str
     """Centre (and whiten) the locked image embeddings and start the head from the ridge map text -> image; the
     whitening size and ridge strength are picked on the validation split among a few closed-form fits (each a
     solve of the text features' size, so all of them cost well under a second). Returns what was chosen."""
+    if prep.train_feats is None and cfg.init != "ridge":
+        return "random start"  # uncached: no pass over the images before step 1
     feats = prep.train_feats if prep.train_feats is not None else _encode_images(model, prep.train,
                                                                                  range(len(prep.train)))
     if cfg.center_images:
@@ -177,10 +179,15 @@ def _closed_form_start(model: LitModel, prep: Prepared, cfg: TrainConfig) -> str
     if cfg.init != "ridge":
         return "random start"
     text, owner = base_text_features(model, prep)
-    dims = [cfg.whiten] if cfg.whiten >= 0 else [0] + whitening_dims(len(prep.train), feats.shape[1])
+    auto = whitening_dims(len(prep.train), feats.shape[1])
+    if cfg.whiten >= 0 or prep.val_feats is None:  # nothing to choose on: the given size, or the middle one
+        dims = [cfg.whiten] if cfg.whiten >= 0 else [auto[len(auto) // 2]]
+    else:
+        dims = [0] + auto
     evecs, inv_std = whitening(feats, max(dims)) if max(dims) > 0 else (None, None)
     alphas = [cfg.ridge_alpha] if cfg.whiten >= 0 or prep.val_feats is None else [cfg.ridge_alpha / 3, cfg.ridge_alpha]
-    val_text = base_text_features(model, prep, part=prep.val)[0] if len(alphas) * len(dims) > 1 else None
+    val_text = (base_text_features(model, prep, part=prep.val)[0]
+                if prep.val_feats is not None and len(alphas) * len(dims) > 1 else None)
     best = None
     for k in dims if val_text is not None else dims[-1:]:
         model.set_image_whitening(*((evecs[:, :k], inv_std[:k]) if k else (None, None)))
