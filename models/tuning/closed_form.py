@@ -67,17 +67,9 @@ def whitening(image: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return evecs.float().contiguous(), evals.clamp_min(1e-12 * float(evals[0])).rsqrt().float()
 
 
-# Below this many training images, whitening to a share of them leaves a handful of directions, and a small
-# validation split cannot tell the sizes apart: on dev splits of the benchmark's training photos, 54 training
-# images scored 0.094 mean R@5 whitened vs 0.132 unwhitened, 180 scored 0.189 vs 0.156 (2026-12-02).
-MIN_WHITEN_IMAGES = 150
-
-
 def whitening_dims(n_images: int, embed_dim: int) -> list[int]:
     """The whitening sizes the trainer chooses among on its validation split: a share of the training images
     (measured on held-out Flickr8k, bench/lit_quality.py: about n/6 dims of ~500 images is best; more directions
     than that are mostly noise a linear head fits to), never more than the embedding has."""
-    if n_images < MIN_WHITEN_IMAGES:
-        return []
     dims = sorted({max(4, min(embed_dim, round(n_images * f))) for f in (0.1, 0.17, 0.25)})
     return [d for d in dims if d < n_images] or [max(1, n_images - 1)]

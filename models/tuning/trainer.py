@@ -181,7 +181,7 @@ def _closed_form_start(model: LitModel, prep: Prepared, cfg: TrainConfig) -> str
     text, owner = base_text_features(model, prep)
     auto = whitening_dims(len(prep.train), feats.shape[1])
     if cfg.whiten >= 0 or prep.val_feats is None:  # nothing to choose on: the given size, or the middle one
-        dims = [cfg.whiten] if cfg.whiten >= 0 else [auto[len(auto) // 2] if auto else 0]
+        dims = [cfg.whiten] if cfg.whiten >= 0 else [auto[len(auto) // 2]]
     else:
         dims = [0] + auto
     evecs, inv_std = whitening(feats, max(dims)) if max(dims) > 0 else (None, None)
