@@ -122,6 +122,22 @@ def refuse_mismatch(path: str, *, unexpected: Iterable[str] = (), missing: Itera
                        "put its config.json beside the file, otherwise download it again or use the original release.")
 
 
+def take_renamed(tower: Mapping[str, torch.Tensor], out: dict[str, torch.Tensor], used: set[str],
+                 rename: Mapping[str, str], *, projection: tuple[str, str] | None = None) -> None:
+    """Copy the tensors of ``tower`` that ``rename`` names (file key -> model key) into ``out``, and an OpenCLIP
+    projection (``x @ P``, file key -> model key) as an ``nn.Linear`` weight (P^T); each one taken is marked used,
+    so strict loading accounts for it."""
+    for k, new in rename.items():
+        if k in tower:
+            out[new] = tower[k]
+            used.add(k)
+    if projection is not None:
+        src, dst = projection
+        if src in tower and tower[src].dim() == 2:
+            out[dst] = tower[src].t().contiguous()
+            used.add(src)
+
+
 def check_used(path: str, tower_keys: Iterable[str], used: Iterable[str], patterns: Iterable[str], *, what: str,
                input_name: str) -> list[str]:
     """Refuse the tower's file tensors that no part of the model takes; returns the ignorable ones."""

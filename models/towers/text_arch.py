@@ -36,6 +36,7 @@ from .registry import (
     detect,
     is_ignorable,
     refuse_mismatch,
+    take_renamed,
 )
 from .registry import register as _register
 from .weights import KNOWN_HEADS, WeightSource, count_layers, guess_heads
@@ -148,13 +149,7 @@ def _prepare_openclip_text(source: WeightSource, *, input_name: str, arch: Archi
     top = {"token_embedding.weight": "text_model.embeddings.token_embedding.weight",
            "positional_embedding": "text_model.embeddings.position_embedding.weight",
            "ln_final.weight": "text_model.final_layer_norm.weight", "ln_final.bias": "text_model.final_layer_norm.bias"}
-    for k, new in top.items():
-        if k in tower:
-            sub[new] = tower[k]
-            used.add(k)
-    if "text_projection" in tower and tower["text_projection"].dim() == 2:
-        sub["text_projection.weight"] = tower["text_projection"].t().contiguous()  # x @ P vs nn.Linear's P^T
-        used.add("text_projection")
+    take_renamed(tower, sub, used, top, projection=("text_projection", "text_projection.weight"))
     oc = (source.openclip_config or {}).get("model_cfg") or {}
     text_cfg = oc.get("text_cfg") or {}
     overrides = {}

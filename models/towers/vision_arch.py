@@ -28,7 +28,16 @@ from transformers import (
 )
 
 from ..common.errors import LitError
-from .registry import CONFIG_ERRORS, Architecture, check_finite_state, check_used, detect, is_ignorable, register
+from .registry import (
+    CONFIG_ERRORS,
+    Architecture,
+    check_finite_state,
+    check_used,
+    detect,
+    is_ignorable,
+    register,
+    take_renamed,
+)
 from .text_arch import load_hf_model, load_state_checked, openclip_blocks_to_hf
 from .weights import WeightSource, count_layers, guess_heads
 
@@ -97,13 +106,7 @@ def _prepare_openclip_visual(source: WeightSource, *, input_name: str, arch: Arc
               "ln_pre.weight": "vision_model.pre_layrnorm.weight", "ln_pre.bias": "vision_model.pre_layrnorm.bias",
               "ln_post.weight": "vision_model.post_layernorm.weight",
               "ln_post.bias": "vision_model.post_layernorm.bias"}
-    for k, new in rename.items():
-        if k in tower:
-            sub[new] = tower[k]
-            used.add(k)
-    if "proj" in tower and tower["proj"].dim() == 2:
-        sub["visual_projection.weight"] = tower["proj"].t().contiguous()  # x @ P vs nn.Linear's P^T
-        used.add("proj")
+    take_renamed(tower, sub, used, rename, projection=("proj", "visual_projection.weight"))
     oc = (source.openclip_config or {}).get("model_cfg") or {}
     vcfg = oc.get("vision_cfg") or {}
     overrides = {}
