@@ -131,7 +131,8 @@ class LiTRestorationSampler:
         if isinstance(denoiser, DiffusionDenoiser) and host.comfy_sampling_available():
             # Through ComfyUI's sampler, so the MODEL's patches (attention, LoRA, ControlNet, wrappers) apply.
             def with_host_model(predict_x0):
-                return run_restore(DiffusionDenoiser(model, vae, conditioning, predict_x0=predict_x0))
+                denoiser.predict_x0 = predict_x0
+                return run_restore(denoiser)
 
             out = host.run_with_comfy_model(model, conditioning, denoiser.encode(op.init()), seed, with_host_model)
         else:
