@@ -9,7 +9,7 @@ from ..models.common.text import split_prompts
 from ..models.common.validate import check_image_batch
 from ..models.restoration import degradations as deg
 from ..models.restoration.denoisers import DCTDenoiser, DiffusionDenoiser
-from ..models.restoration.priors import as_prior
+from ..models.restoration.priors import as_prior, load_descriptor
 from ..models.restoration.sampler import restore, schedule_for
 from ..models.restoration.spec import DAMAGES, DEGRADE, SAMPLER, Param, task
 from ..models.restoration.tasks import build_operator, kernel_for
@@ -18,8 +18,10 @@ from .host import (
     CATEGORY,
     check_interrupted,
     compare_ui,
+    list_models,
     progress_callback,
     require_lit_model,
+    resolve_model,
     torch_device,
     trainable_node,
     with_node_errors,
@@ -75,10 +77,11 @@ class LiTRestorationSampler:
                                     "stochastic"),
                 "lit_model": ("LIT_MODEL", {"tooltip": "Optional LiT model for semantic guidance."}),
                 **_widgets(SAMPLER, "positive negative guidance"),
-                "prior": ("UPSCALE_MODEL", {"tooltip": "Optional trained denoiser as the prior (from 'Load Upscale "
-                                                       "Model': DRUNet, FDnCNN/DnCNN, SCUNet, ...). Noise-level "
-                                                       "networks get each step's noise level; blind ones run at "
-                                                       "their own level."}),
+                "prior": ("UPSCALE_MODEL", {"tooltip": "Optional trained denoiser as the prior: from 'LiT Load "
+                                                       "Restoration Prior' (FFDNet .safetensors, or anything "
+                                                       "spandrel loads) or core's 'Load Upscale Model' (DRUNet, "
+                                                       "FDnCNN/DnCNN, SCUNet, ...). Noise-level networks get each "
+                                                       "step's noise level; blind ones run at their own level."}),
                 "model": ("MODEL", {"tooltip": "Optional diffusion model used as the prior (x0 prediction at "
                                                "each noise level). Needs the VAE too."}),
                 "vae": ("VAE", {"tooltip": "The VAE that goes with the diffusion model."}),
@@ -208,5 +211,54 @@ class LiTDegrade:
         return (x.permute(0, 2, 3, 1).contiguous(), mask)
 
 
-NODE_CLASS_MAPPINGS = {"LiTRestorationSampler": LiTRestorationSampler, "LiTDegrade": LiTDegrade}
+UPSCALE_FOLDER = "upscale_models"
+NO_PRIORS = "(no .safetensors in models/upscale_models)"
+
+
+class LiTLoadRestorationPrior:
+    DISPLAY = "LiT Load Restoration Prior"
+    DESCRIPTION = ("Loads a trained denoiser from models/upscale_models as the Restoration Sampler's prior: FFDNet "
+                   "converted to .safetensors (python -m comfyui_lit restore-convert FFDNet_color.mat), which core's "
+                   "'Load Upscale Model' cannot read, or any 1x denoiser spandrel knows (DRUNet, DnCNN/FDnCNN, "
+                   "SCUNet, ...). Only .safetensors files: pickles can run code when loaded.")
+    CATEGORY = f"{CATEGORY}/restore"
+    FUNCTION = "run"
+    RETURN_TYPES = ("UPSCALE_MODEL",)
+    RETURN_NAMES = ("prior",)
+    OUTPUT_TOOLTIPS = ("The denoiser, for the Restoration Sampler's 'prior' input (it also works in core's "
+                       "'Upscale Image (using Model)', as a one-shot 1x denoiser).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "prior_name": (list_models(UPSCALE_FOLDER, include_dirs=False) or [NO_PRIORS], {
+                    "tooltip": "A denoiser .safetensors in models/upscale_models (refresh the page after adding "
+                               "one)."}),
+                "noise_level": ("FLOAT", {
+                    "default": 15.0, "min": 0.0, "max": 255.0, "step": 0.5,
+                    "tooltip": "FFDNet only: the noise std (0..255) it removes when run on its own, e.g. by "
+                               "'Upscale Image (using Model)'. The Restoration Sampler ignores it and gives the "
+                               "network each step's own noise level."}),
+            },
+        }
+
+    @with_node_errors(DISPLAY)
+    def run(self, prior_name: str, noise_level: float = 15.0):
+        if prior_name == NO_PRIORS:
+            raise LitError("there is no .safetensors denoiser in models/upscale_models.", input_name="prior_name",
+                           fix="put one there (for FFDNet: python -m comfyui_lit restore-convert FFDNet_color.mat "
+                               "--out models/upscale_models/ffdnet_color.safetensors) and refresh the page.")
+        if not 0 <= noise_level <= 255:
+            raise LitError("noise_level must be in 0..255.", input_name="noise_level")
+        path = resolve_model(UPSCALE_FOLDER, prior_name, input_name="prior_name", node=self.DISPLAY)
+        try:
+            desc = load_descriptor(path, noise_level / 255.0)
+        except LitError as err:  # the engine names its own 'prior'; here the user picked the file in 'prior_name'
+            raise LitError(err.message, input_name="prior_name", fix=err.fix) from None
+        return (desc,)
+
+
+NODE_CLASS_MAPPINGS = {"LiTRestorationSampler": LiTRestorationSampler, "LiTDegrade": LiTDegrade,
+                       "LiTLoadRestorationPrior": LiTLoadRestorationPrior}
 NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY for k, v in NODE_CLASS_MAPPINGS.items()}

@@ -10,6 +10,7 @@ architecture allows it. Pickled checkpoints are refused: loading them can run ar
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from typing import Any
@@ -83,19 +84,32 @@ def from_ffdnet(net: FFDNet, device: torch.device | str = "cpu", name: str = FFD
                         dtype=dtype, multiple_of=2, **kw)
 
 
-def from_descriptor(desc: Any, device: torch.device | str = "cpu", **kw: Any) -> NetworkPrior:
-    """A spandrel ``ImageModelDescriptor`` (what ComfyUI's *Load Upscale Model* gives) as a denoiser prior."""
+def check_denoiser(desc: Any) -> str:
+    """The architecture id of a spandrel descriptor that can serve as a prior; a clear error for anything else."""
     for member in ("model", "architecture", "scale", "input_channels", "output_channels"):
         if not hasattr(desc, member):
             raise LitError("this is not a spandrel model descriptor (an UPSCALE_MODEL).", input_name="prior",
-                           fix="connect the output of 'Load Upscale Model' with a denoising network.")
+                           fix="connect the output of 'Load Restoration Prior' or 'Load Upscale Model' with a "
+                               "denoising network.")
     arch = str(getattr(desc.architecture, "id", desc.architecture))
     if int(desc.scale) != 1 or desc.input_channels != desc.output_channels:
         raise LitError(f"{arch} is a x{desc.scale} {desc.input_channels}->{desc.output_channels}-channel network; "
                        "a prior must be a 1x denoiser (same size and channels in and out).", input_name="prior",
-                       fix="load a denoising network (DRUNet, FFDNet, DnCNN, SCUNet, ...), not an upscaler.")
+                       fix="load a denoising network (DRUNet, FFDNet, DnCNN, SCUNet, ...), not an upscaler; "
+                           "upscalers belong in core's 'Upscale Image (using Model)'.")
     if getattr(desc, "purpose", "Restoration") not in ("Restoration",):
-        raise LitError(f"{arch} is a '{desc.purpose}' network, not a denoiser.", input_name="prior")
+        raise LitError(f"{arch} is a '{desc.purpose}' network, not a denoiser.", input_name="prior",
+                       fix="load a denoising network (DRUNet, FFDNet, DnCNN, SCUNet, ...).")
+    return arch
+
+
+def from_descriptor(desc: Any, device: torch.device | str = "cpu", **kw: Any) -> NetworkPrior:
+    """A spandrel ``ImageModelDescriptor`` (what ComfyUI's *Load Upscale Model* gives) as a denoiser prior."""
+    arch = check_denoiser(desc)
+    if isinstance(desc.model, FFDNet):  # ours, from 'Load Restoration Prior': conditioned on the noise map
+        # a copy: moving it to the device (fp16 on a GPU) must not change the descriptor core's nodes may also run
+        return from_ffdnet(copy.deepcopy(desc.model), device, name=getattr(desc.architecture, "name", None) or FFDNET,
+                           **kw)
     device = torch.device(device)
     dtype = _half_ok(device, bool(getattr(desc, "supports_half", False)))
     desc.to(device)
@@ -130,8 +144,8 @@ def _spandrel_loader():
     return ModelLoader
 
 
-def load_prior(path: str, device: torch.device | str = "cpu", **kw: Any) -> NetworkPrior:
-    """A ``.safetensors`` denoiser as a prior: FFDNet (our converter's files), else whatever spandrel detects."""
+def _read_safetensors(path: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors and metadata of a ``.safetensors`` file; pickles, missing and damaged files are refused."""
     name = os.path.basename(path)
     if os.path.splitext(path)[1].lower() not in (".safetensors", ".sft"):
         raise LitError(f"'{name}' is not a .safetensors file; pickled weights (.pt/.pth/.ckpt/.bin) are refused "
@@ -148,20 +162,79 @@ def load_prior(path: str, device: torch.device | str = "cpu", **kw: Any) -> Netw
     except (SafetensorError, OSError, ValueError) as err:
         raise LitError(f"'{name}' is not a readable .safetensors file: {err}", input_name="prior",
                        fix="the file is damaged or not safetensors: download or convert it again.") from err
-    if meta.get("architecture") == FFDNET:
-        return from_ffdnet(build_from_state_dict(sd, name), device, name=f"{FFDNET} ({name})", **kw)
+    if not sd:
+        raise LitError(f"'{name}' holds no tensors.", input_name="prior",
+                       fix="the file is empty or damaged: download or convert it again.")
+    return sd, meta
+
+
+def _check_finite_weights(sd: dict[str, Tensor], name: str) -> None:
     for k, v in sd.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise LitError(f"tensor '{k}' in '{name}' has NaN or infinite values.", input_name="prior",
                            fix="the file is damaged: download or convert it again.")
+
+
+def _spandrel_descriptor(sd: dict[str, Tensor], name: str) -> Any:
     loader = _spandrel_loader()
     try:
-        desc = loader().load_from_state_dict(sd)
+        return loader().load_from_state_dict(sd)
     except Exception as err:  # spandrel raises its own UnsupportedModelError and plain KeyErrors on odd layouts
         raise LitError(f"'{name}' is not an architecture spandrel knows: {err}", input_name="prior",
                        fix="use a denoising network spandrel supports (DRUNet, DnCNN, SCUNet, ...) or FFDNet.") \
             from err
-    return from_descriptor(desc, device, **kw)
+
+
+def load_prior(path: str, device: torch.device | str = "cpu", **kw: Any) -> NetworkPrior:
+    """A ``.safetensors`` denoiser as a prior: FFDNet (our converter's files), else whatever spandrel detects."""
+    name = os.path.basename(path)
+    sd, meta = _read_safetensors(path)
+    if meta.get("architecture") == FFDNET:
+        return from_ffdnet(build_from_state_dict(sd, name), device, name=f"{FFDNET} ({name})", **kw)
+    _check_finite_weights(sd, name)
+    return from_descriptor(_spandrel_descriptor(sd, name), device, **kw)
+
+
+# Core's 'Upscale Image (using Model)' calls a descriptor without a noise level: FFDNet then denoises at this one.
+DEFAULT_SIGMA = 15 / 255
+
+
+def ffdnet_descriptor(net: FFDNet, sigma: float = DEFAULT_SIGMA, name: str = FFDNET) -> Any:
+    """FFDNet as a spandrel ``ImageModelDescriptor`` (ComfyUI's ``UPSCALE_MODEL``): the Restoration Sampler gives it
+    each step's noise level; core's upscale node (and anything else that calls the descriptor) runs it at ``sigma``.
+    """
+    try:
+        from spandrel import Architecture, ImageModelDescriptor, SizeRequirements
+    except ImportError as err:
+        raise LitError("wrapping FFDNet as an UPSCALE_MODEL needs spandrel (ComfyUI ships it).",
+                       input_name="prior_name", fix="pip install spandrel.") from err
+
+    class FFDNetArch(Architecture):  # spandrel detects no FFDNet; the descriptor only needs its id and name
+        def __init__(self) -> None:
+            super().__init__(id=FFDNET, name=name, detect=lambda sd: False)
+
+        def load(self, state_dict: dict[str, Tensor]) -> Any:
+            return ffdnet_descriptor(build_from_state_dict(state_dict), sigma, name)
+
+    level = float(sigma)
+    return ImageModelDescriptor(net.eval().requires_grad_(False), net.state_dict(), architecture=FFDNetArch(),
+                                purpose="Restoration", tags=[f"{net.in_nc}ch", f"{net.depth}x{net.nc}"],
+                                supports_half=True, supports_bfloat16=True, scale=1, input_channels=net.in_nc,
+                                output_channels=net.in_nc, size_requirements=SizeRequirements(multiple_of=2),
+                                call_fn=lambda model, x: model(x, level))
+
+
+def load_descriptor(path: str, sigma: float = DEFAULT_SIGMA) -> Any:
+    """A ``.safetensors`` denoiser as an ``UPSCALE_MODEL`` (spandrel descriptor), checked to be a 1x denoiser:
+    FFDNet (our converter's files) or any architecture spandrel detects. What 'Load Restoration Prior' returns."""
+    name = os.path.basename(path)
+    sd, meta = _read_safetensors(path)
+    if meta.get("architecture") == FFDNET:
+        return ffdnet_descriptor(build_from_state_dict(sd, f"'{name}'"), sigma, f"{FFDNET} ({name})")
+    _check_finite_weights(sd, name)
+    desc = _spandrel_descriptor(sd, name)
+    check_denoiser(desc)
+    return desc
 
 
 def as_prior(obj: Any, device: torch.device | str = "cpu", **kw: Any) -> NetworkPrior:
