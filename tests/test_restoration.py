@@ -16,6 +16,16 @@ from comfyui_lit.models.restoration.sampler import restore, sigma_schedule
 from comfyui_lit.models.restoration.tiling import tiled
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One torch thread here: on a small shared CI machine two OpenMP threads spin-wait for each other (these
+    tests took 3x longer, measured 2026-12-02); the previous setting is restored for the other test modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB."""
     return 10 * torch.log10(1 / ((a - b) ** 2).flatten(1).mean(1))
