@@ -36,8 +36,8 @@ _MIN_LEVEL_SPAN = 0.2
 
 def luminance(rgb: torch.Tensor) -> torch.Tensor:
     """``[B,3,H,W]`` -> ``[B,1,H,W]`` Rec.601 luma."""
-    w = rgb.new_tensor(LUMA).view(1, 3, 1, 1)
-    return (rgb * w).sum(1, keepdim=True)
+    # a 1x1 convolution: one pass over the image, ~3x faster on the CPU than a product and a sum
+    return F.conv2d(rgb, rgb.new_tensor(LUMA).view(1, 3, 1, 1))
 
 
 def bounded(name: str, t: torch.Tensor) -> torch.Tensor:
@@ -329,16 +329,22 @@ def chroma_sigma(shadow_gain: float) -> float:
 
 def shadow_chroma(x: torch.Tensor, y: torch.Tensor, sigma: float = CHROMA_SIGMA) -> torch.Tensor:
     """Where the tone curve brightened a pixel strongly (luminance gain from CHROMA_GAIN[0], full at [1]), blend
-    its chroma (colour minus luminance) toward the chroma of its ``sigma``-pixel neighbourhood: amplified
-    per-channel noise in lifted shadows averages out instead of showing as colour speckle. Luminance is kept
-    exactly, and a blurred chroma only holds colours the neighbourhood already has. Identity where gain < [0]."""
-    lum_x, lum_y = luminance(x), luminance(y)
-    gain = lum_y / lum_x.clamp_min(1.0 / 255.0)
+    its chroma (colour minus luminance) toward the mean chroma of its neighbourhood (a box of radius ``sigma``
+    pixels): amplified per-channel noise in lifted shadows averages out instead of showing as colour speckle.
+    Luminance is kept exactly (the green chroma follows from red and blue: a zero-luminance chroma has two degrees
+    of freedom), and a local mean only holds colours the neighbourhood already has. Identity where gain < [0]."""
+    lum_y = luminance(y)
+    gain = lum_y / luminance(x).clamp_min(1.0 / 255.0)
     w = ((gain - CHROMA_GAIN[0]) / (CHROMA_GAIN[1] - CHROMA_GAIN[0])).clamp(0.0, 1.0)
     if not (w.requires_grad or bool((w > 0).any())):
         return y
-    c = y - lum_y
-    return lum_y + c + w * (_gaussian_blur(c, sigma) - c)
+    c = y[:, 0::2] - lum_y  # red and blue chroma
+    r = max(int(round(sigma)), 1)
+    mean = F.avg_pool2d(c, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
+    c = c + w * (mean - c)
+    cr, cb = c[:, :1], c[:, 1:]
+    cg = (cr * LUMA[0] + cb * LUMA[2]) / -LUMA[1]
+    return torch.cat([lum_y + cr, lum_y + cg, lum_y + cb], 1)
 
 
 def apply_enhancement_bchw(x: torch.Tensor, params: EnhancementParams, guide: torch.Tensor | None = None
