@@ -79,6 +79,13 @@ def test_shadow_chroma_keeps_luminance_and_leaves_unlifted_pixels_alone(photo):
     assert torch.allclose(luminance(z), luminance(y), atol=1e-5)  # luminance exactly kept
     assert not torch.allclose(z, y, atol=1e-3)
     assert torch.equal(enhancement_ops.shadow_chroma(x, x * 1.5), x * 1.5)  # gain below CHROMA_GAIN[0]: identity
+    # a flat deep-shadow colour lifted x12: luminance x12, chroma only x CHROMA_MAX_GAIN (same hue)
+    dark = torch.tensor([0.02, 0.01, 0.015]).view(1, 3, 1, 1).expand(1, 3, 9, 9).contiguous()
+    lifted = dark * 12
+    z = enhancement_ops.shadow_chroma(dark, lifted)
+    assert torch.allclose(luminance(z), luminance(lifted), atol=1e-6)
+    c_in, c_out = dark - luminance(dark), z - luminance(z)
+    assert torch.allclose(c_out, c_in * spec.CHROMA_MAX_GAIN, atol=1e-6)
 
 
 def test_a_warm_photo_darkened_is_lifted_without_a_false_cast(photo):

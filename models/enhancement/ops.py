@@ -22,7 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from ..common.errors import LitError
-from .spec import CHROMA_GAIN, CHROMA_SIGMA, DETAIL_SIGMA_FRACTION, GRADE_PARAMS, GRID_SIZE, SHADOW_GAIN_RANGE
+from .spec import (
+    CHROMA_GAIN,
+    CHROMA_MAX_GAIN,
+    CHROMA_SIGMA,
+    DETAIL_SIGMA_FRACTION,
+    GRADE_PARAMS,
+    GRID_SIZE,
+    SHADOW_GAIN_RANGE,
+)
 
 LUMA = (0.299, 0.587, 0.114)
 # Rows of the full-resolution image sliced at a time when no gradient is needed: bounds memory, and because
@@ -342,6 +350,9 @@ def shadow_chroma(x: torch.Tensor, y: torch.Tensor, sigma: float = CHROMA_SIGMA)
     r = max(int(round(sigma)), 1)
     mean = F.avg_pool2d(c, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
     c = c + w * (mean - c)
+    # chroma is amplified at most CHROMA_MAX_GAIN times, however far the tone curve lifts the luminance: the
+    # deepest shadows of a file hold little real colour and much noise and JPEG block error
+    c = c * (CHROMA_MAX_GAIN / gain.clamp_min(1e-6)).clamp(max=1.0)
     cr, cb = c[:, :1], c[:, 1:]
     cg = (cr * LUMA[0] + cb * LUMA[2]) / -LUMA[1]
     return torch.cat([lum_y + cr, lum_y + cg, lum_y + cb], 1)
