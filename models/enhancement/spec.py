@@ -87,8 +87,8 @@ CHANNEL_WHITE_GATE = (0.7, 0.62)
 # 8-bit file gains from a cap: on Flickr8k photos darkened by gamma 2.2 (not the benchmark), a fixed x16 cap on the
 # lift alone raised the lifted photos' PSNR to the original 26.5 -> 27.2 dB and cut CIEDE2000 6.07 -> 5.61 (the
 # crushed codes near black hold no more detail than that); a cap from x4 at sigma = 3 8-bit codes (the texture
-# the estimator sees in the shadows of those downscaled photos) cost them 0.6 dB, so the cap falls below x16 only for noisier shadows
-# (sigma > 2.9 codes, as in full-resolution phone night shots).
+# the estimator sees in the shadows of those downscaled photos) cost them 0.6 dB, so the cap falls below x16
+# only for noisier shadows (sigma > 2.9 codes, as in full-resolution phone night shots).
 SHADOW_NOISE_TARGET = 0.18
 SHADOW_GAIN_RANGE = (4.0, 16.0)   # the cap, as a gain (x4 on the noisiest photos, x16 on clean 8-bit files)
 SHADOW_LEVEL = 0.15               # shadows for the noise estimate: 2x2 blocks darker than this (after levels)
