@@ -140,8 +140,8 @@ def local_colour_artefact(out: torch.Tensor, inp: torch.Tensor) -> float:
 def _random_params(batch: int, seed: int = 0) -> EnhancementParams:
     g = torch.Generator().manual_seed(seed)
     p = EnhancementParams.identity(batch)
-    for t, std in zip(p.tensors(), (0.1, 0.05, 0.05, 0.4, 0.3, 0.2, 0.2, 0.3, 0.3), strict=True):
-        t.add_(torch.randn(t.shape, generator=g).abs() * std * (1 if t is not p.white else -1))
+    for t, std in zip(p.tensors(), (0.1, 0.05, 0.05, 0.4, 0.3, 2.0, 0.2, 0.2, 0.3, 0.3), strict=True):
+        t.add_(torch.randn(t.shape, generator=g).abs() * std * (-1 if t is p.white or t is p.shadow_gain else 1))
     return p
 
 

@@ -8,8 +8,9 @@ interpolation: no tiles, no seams) that holds a *luminance gain* in stops, not a
 brighten or darken a region, it cannot tint one. Parameters are defined independently of pixel size, so a grade
 fitted on a small proxy applies unchanged at full resolution.
 
-Pipeline, in order: white balance -> levels (black/white point) -> exposure -> midtones (gamma) -> contrast ->
-saturation -> local dodge/burn -> detail (luminance unsharp mask) -> clamp to 0..1.
+Pipeline, in order: white balance -> levels (black/white point) -> exposure -> midtones (gamma, its shadow gain
+capped) -> contrast -> shadow chroma (noise-aware) -> saturation -> local dodge/burn -> detail (luminance unsharp
+mask) -> clamp to 0..1.
 """
 
 from __future__ import annotations
@@ -21,13 +22,21 @@ import torch
 import torch.nn.functional as F
 
 from ..common.errors import LitError
-from .spec import DETAIL_SIGMA_FRACTION, GRADE_PARAMS, GRID_SIZE
+from .spec import (
+    CHROMA_GAIN,
+    CHROMA_MAX_GAIN,
+    CHROMA_SIGMA,
+    DETAIL_SIGMA_FRACTION,
+    GRADE_PARAMS,
+    GRID_SIZE,
+    SHADOW_GAIN_RANGE,
+)
 
 LUMA = (0.299, 0.587, 0.114)
 # Rows of the full-resolution image sliced at a time when no gradient is needed: bounds memory, and because
 # slicing is pointwise trilinear interpolation the chunks join without seams.
 SLICE_CHUNK_PIXELS = 1 << 20
-PARAMS_VERSION = 2
+PARAMS_VERSION = 3
 # Levels per channel of the tabulated tone curve (a 16-bit table: nearest level within 8e-6 of any input).
 LUT_SIZE = 1 << 16
 _MIN_LEVEL_SPAN = 0.2
@@ -35,8 +44,8 @@ _MIN_LEVEL_SPAN = 0.2
 
 def luminance(rgb: torch.Tensor) -> torch.Tensor:
     """``[B,3,H,W]`` -> ``[B,1,H,W]`` Rec.601 luma."""
-    w = rgb.new_tensor(LUMA).view(1, 3, 1, 1)
-    return (rgb * w).sum(1, keepdim=True)
+    # a 1x1 convolution: one pass over the image, ~3x faster on the CPU than a product and a sum
+    return F.conv2d(rgb, rgb.new_tensor(LUMA).view(1, 3, 1, 1))
 
 
 def bounded(name: str, t: torch.Tensor) -> torch.Tensor:
@@ -48,7 +57,8 @@ def bounded(name: str, t: torch.Tensor) -> torch.Tensor:
 class EnhancementParams:
     """Per-image grade (batch dimension first), in the units of :data:`.spec.GRADE_PARAMS`; identity at defaults.
 
-    white_balance, black, white ``[B,3]`` (per channel); exposure, gamma, contrast, saturation, detail ``[B]``;
+    white_balance, black, white ``[B,3]`` (per channel); exposure, gamma, shadow_gain, contrast, saturation,
+    detail ``[B]``;
     local ``[B,1,D,Gh,Gw]`` (luminance bins D, spatial Gh x Gw), stops of luminance gain.
     """
 
@@ -57,6 +67,7 @@ class EnhancementParams:
     white: torch.Tensor
     exposure: torch.Tensor
     gamma: torch.Tensor
+    shadow_gain: torch.Tensor
     contrast: torch.Tensor
     saturation: torch.Tensor
     local: torch.Tensor
@@ -143,6 +154,12 @@ class EnhancementParams:
     @classmethod
     def from_dict(cls, data: dict[str, torch.Tensor]) -> EnhancementParams:
         version = data.get("enhance.version")
+        if version is not None and int(torch.as_tensor(version).reshape(-1)[0]) == 2 and \
+                "enhance.shadow_gain" not in data and "enhance.gamma" in data:
+            # format 2 had no shadow limit: the same grade with none (its identity)
+            data = {**data, "enhance.shadow_gain": torch.full_like(torch.as_tensor(data["enhance.gamma"]).float(),
+                                                                   GRADE_PARAMS["shadow_gain"].identity)}
+            version = torch.tensor([PARAMS_VERSION])
         if version is not None and int(torch.as_tensor(version).reshape(-1)[0]) != PARAMS_VERSION:
             raise LitError(f"this grade was saved by another version of the enhancement (format "
                            f"{int(torch.as_tensor(version).reshape(-1)[0])}, this one reads {PARAMS_VERSION}).",
@@ -154,7 +171,7 @@ class EnhancementParams:
                                                          "Sampler, or a file saved from one.")
         p = cls(**{f.name: torch.as_tensor(data[f"enhance.{f.name}"]).float() for f in fields(cls)})
         b = p.batch_size
-        scalars = ("exposure", "gamma", "contrast", "saturation", "detail")
+        scalars = ("exposure", "gamma", "shadow_gain", "contrast", "saturation", "detail")
         shapes_ok = (all(getattr(p, n).shape == (b,) for n in scalars)
                      and all(getattr(p, n).shape == (b, 3) for n in ("white_balance", "black", "white"))
                      and p.local.dim() == 5 and p.local.shape[:2] == (b, 1) and min(p.local.shape[2:]) >= 2)
@@ -197,6 +214,9 @@ class EnhancementParams:
             v = float(getattr(p, name)[0])
             if abs(v) > 0.005:
                 lines.append(text(v))
+            if name == "gamma" and v > 0.005 and float(p.shadow_gain[0]) < GRADE_PARAMS["shadow_gain"].identity:
+                lines.append(f"shadows brightened at most x{2 ** float(p.shadow_gain[0]):.1f} (the lift stops short "
+                             "of amplifying their noise into speckle)")
         loc = p.local[0]
         if float(loc.abs().max()) > 0.01:
             lines.append(f"local dodge/burn: brightness varies by {float(loc.min()):+.2f} to {float(loc.max()):+.2f} "
@@ -290,8 +310,10 @@ def _tone_curve(y: torch.Tensor, p: EnhancementParams) -> torch.Tensor:
     white = torch.maximum(p.white.view(-1, 3, 1, 1), black + _MIN_LEVEL_SPAN)
     y = (y - black) / (white - black)
     y = (y * v(torch.exp2(p.exposure))).clamp(0.0, 1.0)
-    # gamma: the same power on every channel (black and white stay put); the clamp keeps the gradient finite at 0
-    y = torch.where(y > 1e-6, y.clamp_min(1e-6).pow(v(torch.exp2(-p.gamma))), torch.zeros_like(y))
+    # gamma: the same power on every channel (black and white stay put); the clamp keeps the gradient finite at 0.
+    # Its gain y ** (e - 1) is capped at 2 ** shadow_gain (noise-aware shadow limit: a no-op for darkening curves)
+    lifted = torch.where(y > 1e-6, y.clamp_min(1e-6).pow(v(torch.exp2(-p.gamma))), torch.zeros_like(y))
+    y = torch.minimum(lifted, y * v(torch.exp2(p.shadow_gain)))
     return (y - 0.5) * v(p.contrast.exp()) + 0.5
 
 
@@ -304,6 +326,36 @@ def tone_luts(p: EnhancementParams, size: int = LUT_SIZE) -> torch.Tensor:
 def _global_identity(p: EnhancementParams) -> bool:
     return all(bool((getattr(p, n) == GRADE_PARAMS[n].identity).all())
                for n in ("white_balance", "black", "white", "exposure", "gamma", "contrast"))
+
+
+def chroma_sigma(shadow_gain: float) -> float:
+    """Blur (pixels) of the shadow chroma: CHROMA_SIGMA on clean files (the shadow limit at its top), wider as the
+    limit falls for noisier shadows (noise needs a wider average), at most 3 pixels."""
+    top = math.log2(SHADOW_GAIN_RANGE[1])
+    return float(min(max(CHROMA_SIGMA * 2.0 ** (0.5 * (top - shadow_gain)), CHROMA_SIGMA), 3.0))
+
+
+def shadow_chroma(x: torch.Tensor, y: torch.Tensor, sigma: float = CHROMA_SIGMA) -> torch.Tensor:
+    """Where the tone curve brightened a pixel strongly (luminance gain from CHROMA_GAIN[0], full at [1]), blend
+    its chroma (colour minus luminance) toward the mean chroma of its neighbourhood (a box of radius ``sigma``
+    pixels): amplified per-channel noise in lifted shadows averages out instead of showing as colour speckle.
+    Luminance is kept exactly (the green chroma follows from red and blue: a zero-luminance chroma has two degrees
+    of freedom), and a local mean only holds colours the neighbourhood already has. Identity where gain < [0]."""
+    lum_y = luminance(y)
+    gain = lum_y / luminance(x).clamp_min(1.0 / 255.0)
+    w = ((gain - CHROMA_GAIN[0]) / (CHROMA_GAIN[1] - CHROMA_GAIN[0])).clamp(0.0, 1.0)
+    if not (w.requires_grad or bool((w > 0).any())):
+        return y
+    c = y[:, 0::2] - lum_y  # red and blue chroma
+    r = max(int(round(sigma)), 1)
+    mean = F.avg_pool2d(c, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
+    c = c + w * (mean - c)
+    # chroma is amplified at most CHROMA_MAX_GAIN times, however far the tone curve lifts the luminance: the
+    # deepest shadows of a file hold little real colour and much noise and JPEG block error
+    c = c * (CHROMA_MAX_GAIN / gain.clamp_min(1e-6)).clamp(max=1.0)
+    cr, cb = c[:, :1], c[:, 1:]
+    cg = (cr * LUMA[0] + cb * LUMA[2]) / -LUMA[1]
+    return torch.cat([lum_y + cr, lum_y + cg, lum_y + cb], 1)
 
 
 def apply_enhancement_bchw(x: torch.Tensor, params: EnhancementParams, guide: torch.Tensor | None = None
@@ -327,6 +379,12 @@ def apply_enhancement_bchw(x: torch.Tensor, params: EnhancementParams, guide: to
         idx = (x.clamp(0.0, 1.0) * (LUT_SIZE - 1) + 0.5).long()
         idx += (torch.arange(b * 3, device=x.device, dtype=torch.long) * LUT_SIZE).view(b, 3, 1, 1)
         y = lut.take(idx)
+    if x.shape[-1] > 1 and x.shape[-2] > 1 and y is not x:
+        sig = [chroma_sigma(float(v)) for v in p.shadow_gain.detach()]
+        if len(set(sig)) == 1:
+            y = shadow_chroma(x, y, sig[0])
+        else:
+            y = torch.cat([shadow_chroma(x[i:i + 1], y[i:i + 1], s) for i, s in enumerate(sig)])
     if grad or bool((p.saturation != 0).any()):
         lum = luminance(y)
         y = lum + (y - lum) * v(p.saturation.exp())
