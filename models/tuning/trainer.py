@@ -267,9 +267,12 @@ class _Validator:
         self.model, self.prep = model, prep
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        feats = self.prep.text_feats
+        feats, prefix = self.prep.text_feats, self.prep.prefix
         if feats and all(t in feats for t in texts):
             return self.model.project_text(torch.stack([feats[t] for t in texts]))
+        if prefix is not None:  # only the top layers run (the lower ones are frozen and cached)
+            return torch.cat([self.model.project_text(prefix.features(texts[i:i + 256]))
+                              for i in range(0, len(texts), 256)])
         return self.model.encode_text(texts)
 
     @torch.no_grad()
@@ -472,6 +475,8 @@ def _same_caption(caps: list[str]) -> torch.Tensor:
 def _text_embed(model: LitModel, prep: Prepared, texts: list[str]) -> torch.Tensor:
     if prep.text_feats:  # head mode: the frozen tower's features, computed once per distinct caption
         return model.project_text(torch.stack([prep.text_feats[t] for t in texts]))
+    if prep.prefix is not None:  # top layers only: the frozen lower layers' states are cached per caption
+        return model.project_text(prep.prefix.features(texts))
     return model.project_text(model.text_features(texts))
 
 
