@@ -257,7 +257,11 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name}: mean R@5 {r['mean_r@5'] / cca:.2f}x CCA, {r['mean_r@5'] / base['ridge']['mean_r@5']:.2f}x "
               f"ridge; zero-shot {100 * r['zero_shot']:.1f}% vs ridge {100 * base['ridge']['zero_shot']:.1f}%")
-    default = results[f"{spec.DEFAULT_MODE} + {spec.DEFAULT_LOSS}"]["mean_r@5"]
+    name = f"{spec.DEFAULT_MODE} + {spec.DEFAULT_LOSS}"
+    if name not in results:  # e.g. --modes lora: the line is for the first mode run, and says so
+        name = next(iter(results))
+        print(f"(the default {spec.DEFAULT_MODE} + {spec.DEFAULT_LOSS} was not run: the last line is {name})")
+    default = results[name]["mean_r@5"]
     print(f"heldout_mean_R@5: {default:.4f} ({default / cca:.2f}x vs CCA)")
 
 

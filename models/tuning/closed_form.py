@@ -48,10 +48,11 @@ def cca_maps(text: torch.Tensor, image: torch.Tensor, k: int = 16,
     return (a @ u[:, :k]).float(), (b @ vh.t()[:, :k]).float(), mx.float(), my.float()
 
 
-def whitening(image: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def whitening(image: torch.Tensor, k: int, shrink: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """PCA whitening of (raw) image embeddings: ``basis [D, k]`` (the top-k principal directions of the centred
     embeddings, orthonormal) and ``scale [k]`` (1/std along each), so ``(x - mean) @ basis * scale`` has unit
-    variance in k dims. A fixed statistic of the locked tower's outputs: nothing in the tower is trained."""
+    variance in k dims. ``shrink`` > 0 whitens partially: ``1/sqrt(var + shrink * mean var)``, so the weakest
+    directions are boosted less. A fixed statistic of the locked tower's outputs: nothing in the tower is trained."""
     y = image.double()
     yc = y - y.mean(0)
     n, d = yc.shape
@@ -64,7 +65,8 @@ def whitening(image: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         evals, evecs = torch.linalg.eigh(yc.t() @ yc / n)
         evals, evecs = evals.flip(0)[:k], evecs.flip(1)[:, :k]
-    return evecs.float().contiguous(), evals.clamp_min(1e-12 * float(evals[0])).rsqrt().float()
+    evals = evals.clamp_min(1e-12 * float(evals[0]))
+    return evecs.float().contiguous(), (evals + shrink * evals.mean()).rsqrt().float()
 
 
 def whitening_dims(n_images: int, embed_dim: int) -> list[int]:
