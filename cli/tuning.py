@@ -22,7 +22,8 @@ _TYPES = {"int": int, "float": float}
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     """The spec's parameters as options; numeric defaults left None resolve to the chosen mode's default."""
     for name in ("mode", "loss", "steps", "batch_size", "lr", "text_lr", "weight_decay", "warmup_steps", "init",
-                 "lora_rank", "lora_alpha", "val_fraction", "val_every", "patience", "whiten", "keep", "seed"):
+                 "lora_rank", "lora_alpha", "text_layers", "val_fraction", "val_every", "patience", "whiten", "keep",
+                 "seed"):
         prm = spec.PARAMS[name]
         per_mode = any(name in d for d in spec.MODE_DEFAULTS.values())
         shown = ("default: per mode, " + ", ".join(f"{m} {d[name]}" for m, d in spec.MODE_DEFAULTS.items())
@@ -79,7 +80,7 @@ def _train(args: argparse.Namespace, data: str):
     image, text = towers(args)
     dataset = load_shards(shards) if shards else load_dataset(data)
     model = LitModel(image, text, mode=args.mode, loss=args.loss, lora_rank=args.lora_rank,
-                     lora_alpha=args.lora_alpha, seed=args.seed)
+                     lora_alpha=args.lora_alpha, seed=args.seed, text_layers=args.text_layers)
     print(f"training {args.mode} + {args.loss} on {len(dataset)} images (Ctrl-C or SIGTERM: stop and keep the "
           f"{config.keep} state)", flush=True)
     try:

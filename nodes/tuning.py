@@ -124,7 +124,8 @@ class LiTLockedTuning:
             "cache_dir": ("STRING", {"default": "", "tooltip": "Where image embeddings are cached; empty: a "
                                                                ".lit_cache folder beside the dataset."}),
         } | {name: spec.node_input(name) for name in ("text_lr", "weight_decay", "warmup_steps", "init",
-                                                        "lora_alpha", "keep", "patience")
+                                                        "lora_alpha", "keep", "patience",
+                                                        "text_layers")
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     @with_node_errors(DISPLAY)
@@ -136,7 +137,8 @@ class LiTLockedTuning:
               lora_alpha: float = spec.default("lora_alpha"), keep: str = spec.default("keep"),
               validation_fraction: float = spec.default("val_fraction"),
               validate_every: int = spec.default("val_every"), cache_dir: str = "",
-              patience: int = spec.default("patience"), unique_id: str | None = None):
+              patience: int = spec.default("patience"), text_layers: int = spec.default("text_layers"),
+              unique_id: str | None = None):
         config = TrainConfig(steps=steps, batch_size=batch_size, lr=learning_rate, seed=seed,
                              text_lr=text_lr or None, weight_decay=weight_decay,
                              warmup_steps=None if warmup_steps < 0 else warmup_steps, init=init, keep=keep,
@@ -157,7 +159,7 @@ class LiTLockedTuning:
             send(0, total, {f"val_{k}": v for k, v in before.items()})
 
         model = LitModel(image_tower, text_tower, mode=mode, loss=loss, lora_rank=lora_rank,
-                         lora_alpha=lora_alpha, seed=seed)
+                         lora_alpha=lora_alpha, seed=seed, text_layers=text_layers)
         try:
             # No interrupt is caught here (unlike the CLI's Ctrl-C, which saves the best state): in the graph, Cancel
             # means stop, so Save Adapter and everything else downstream must not run on a half-trained model.

@@ -177,11 +177,17 @@ def test_lora_and_sigmoid_train_save_load_under_inference_mode(tower, shapes, tm
         original = _state(shared_text.model)
         with torch.inference_mode(False), torch.enable_grad():  # what nodes/host.py's trainable() does
             model = LitModel(tower, shared_text, mode="lora", loss="sigmoid", lora_rank=4, lora_alpha=8)
+            assert model.text_layers == 2  # the default: LoRA on the top 2 of MiniLM's 6 layers
+            lowest = count_forwards(model.text_tower.model.encoder.layer[0])
+            seen = []
             # A random head: this checks that LoRA + sigmoid learn (from the ridge start, 12 steps of batch 16
             # are within the batch-to-batch noise of the training loss), and skips ridge's pass over 850 captions.
             result = train_locked(model, shapes, TrainConfig(steps=12, batch_size=16, lr=2e-3, grad_accum=2,
-                                                             val_every=6, init="random"))
+                                                             val_every=6, init="random"),
+                                  callback=lambda s, t, m: seen.append(lowest["calls"]))
         assert result.history[-1]["loss"] < result.history[0]["loss"]
+        # the frozen lower layers ran once per distinct caption before step 1, never in a step or a validation
+        assert seen[0] > 0 and len(set(seen)) == 1
         assert result.history[-1]["logit_bias"] != -10.0
         # the shared text tower object is untouched (LoRA went into a private copy)
         assert all(torch.equal(v, original[k]) for k, v in shared_text.model.state_dict().items())
@@ -189,13 +195,14 @@ def test_lora_and_sigmoid_train_save_load_under_inference_mode(tower, shapes, tm
         path = save_adapter(model, str(tmp_path / "lora.safetensors"))
         names = set(tensor_shapes(path))
         assert {"head.weight", "loss.log_scale", "loss.bias", "center.image"} <= names
-        # head weight+bias, scale, bias, image centre; then 6 layers x 6 linears x (A, B)
-        assert any(n.endswith("lora_A") for n in names) and len(names) == 5 + 6 * 6 * 2
+        # head weight+bias, scale, bias, image centre; then the top 2 layers x 6 linears x (A, B)
+        assert any(n.endswith("lora_A") for n in names) and len(names) == 5 + 2 * 6 * 2
+        assert all(".layer.4." in n or ".layer.5." in n for n in names if "lora" in n)
         loaded = load_adapter(path, tower, shared_text)
         images = torch.rand(3, 32, 32, 3)
         texts = ["a green triangle", "a yellow circle on a black background"]
         assert torch.equal(loaded.logits(images, texts), model.logits(images, texts))
-        assert read_adapter_metadata(path)["lora_rank"] == 4
+        assert read_adapter_metadata(path)["lora_rank"] == 4 and read_adapter_metadata(path)["text_layers"] == 2
 
 
 def test_cache_second_run_does_zero_tower_forwards(tower, text_tower, tmp_path):

@@ -98,3 +98,65 @@ def test_clip_and_siglip_text_targets(kind):
     before = model(input_ids=ids).last_hidden_state
     apply_lora(model, rank=2, alpha=2)
     assert torch.allclose(model(input_ids=ids).last_hidden_state, before, atol=1e-6)
+
+
+class _WordTokenizer:
+    """A stand-in tokenizer for tiny random models: one id per word (hashed), an end token, right padding."""
+
+    def __init__(self, vocab: int, eos: int) -> None:
+        self.vocab, self.eos = vocab, eos
+
+    def __call__(self, texts, padding=True, truncation=True, max_length=32, return_tensors="pt"):
+        ids = [[3 + sum(map(ord, w)) % (self.vocab - 4) for w in t.split()][:max_length - 1] + [self.eos]
+               for t in texts]
+        n = max(map(len, ids))
+        return {"input_ids": torch.tensor([i + [0] * (n - len(i)) for i in ids]),
+                "attention_mask": torch.tensor([[1] * len(i) + [0] * (n - len(i)) for i in ids])}
+
+
+def _tiny_tower(kind: str):
+    from comfyui_lit.models.towers.text_tower import TextTower
+
+    torch.manual_seed(0)
+    if kind == "bert":
+        model, pooling = BertModel(BertConfig(num_hidden_layers=4, max_position_embeddings=32, **SMALL)), "mean"
+    else:
+        cfg = CLIPTextConfig(num_hidden_layers=4, max_position_embeddings=32, projection_dim=16, eos_token_id=49,
+                             **SMALL)
+        model, pooling = CLIPTextModelWithProjection(cfg), "eos"
+    return TextTower(model.eval(), _WordTokenizer(50, 49), pooling=pooling, name=kind, arch=kind, max_length=32,
+                     hidden_size=16 if kind == "clip" else 32)
+
+
+@pytest.mark.parametrize("kind", ["bert", "clip"])
+def test_top_layer_lora_with_cached_lower_layers_is_exact_and_skips_them(kind):
+    """LoRA on the top 2 of 4 layers; the cached path (lower layers run once per caption) gives the whole tower's
+    features for any batch (other padding lengths, order), never runs a lower layer, and trains only the top."""
+    from comfyui_lit.models.tuning.layer_cache import PrefixCache, top_layer_prefixes
+
+    tower = _tiny_tower(kind)
+    top = top_layer_prefixes(tower.model, 2)
+    params = apply_lora(tower.model, rank=2, alpha=4, within=top, seed=0)
+    names = list(lora_state_dict(tower.model))
+    assert names and all(n.startswith(top) for n in names) and len(top) == 2
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.2)  # a trained-looking update, so the top layers matter
+    texts = ["a dog runs on the beach", "two kids", "a man on a red bike in a very long and busy city street"]
+    cache = PrefixCache(tower, 2)
+    cache.fill(texts)
+    layers = cache.layers
+    calls = []
+    hooks = [layers[i].register_forward_hook(lambda *a: calls.append(1)) for i in range(2)]
+    for batch in (texts, texts[:2], texts[::-1], texts[1:]):
+        got = cache.features(batch)
+        assert not calls  # the frozen lower layers never ran
+        want = tower(**tower.tokenize(batch))
+        calls.clear()
+        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    for h in hooks:
+        h.remove()
+    cache.features(texts).pow(2).sum().backward()
+    grads = {n for n, p in tower.model.named_parameters() if p.grad is not None}
+    assert grads and all(n.startswith(top) and n.endswith(("lora_A", "lora_B")) for n in grads)
+    assert all(layers[i] is not None and type(layers[i]).__name__ != "_PassThrough" for i in range(4))

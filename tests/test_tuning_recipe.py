@@ -238,6 +238,10 @@ def test_whitening_is_orthonormal_unit_variance_and_the_same_both_ways():
     evals, evecs = torch.linalg.eigh(c)
     assert torch.allclose(s2.double(), evals.flip(0)[:6].rsqrt(), rtol=1e-3)
     assert torch.allclose((b2.double().t() @ evecs.flip(1)[:, :6]).abs(), torch.eye(6, dtype=torch.float64), atol=1e-3)
+    # partial whitening: 1/sqrt(var + shrink * mean var), the same directions
+    b3, s3 = whitening(few, 6, shrink=0.3)
+    var = evals.flip(0)[:6]
+    assert torch.allclose(b3, b2) and torch.allclose(s3.double(), (var + 0.3 * var.mean()).rsqrt(), rtol=1e-3)
 
 
 def test_whitened_start_early_stop_and_the_step0_point(text_tower, shapes):

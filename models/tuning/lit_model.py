@@ -22,6 +22,8 @@ from torch import nn
 from ..common.atomic import save_tensors_atomic
 from ..common.errors import LitError
 from ..common.safetensors_io import load_tensors, read_metadata
+from . import spec
+from .layer_cache import top_layer_prefixes, transformer_layers
 from .lora import apply_lora, lora_parameters, lora_state_dict
 from .losses import LOSSES, make_loss
 
@@ -66,7 +68,7 @@ class LitModel(nn.Module):
 
     def __init__(self, image_tower, text_tower, *, mode: str = "lora", loss: str = "softmax", lora_rank: int = 8,
                  lora_alpha: float = 16.0, lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS, seed: int = 0,
-                 copy_text_tower: bool | None = None) -> None:
+                 copy_text_tower: bool | None = None, text_layers: int | None = None) -> None:
         super().__init__()
         if mode not in MODES:
             raise LitError(f"unknown adapter mode '{mode}'.", input_name="mode", fix=f"use one of {', '.join(MODES)}.")
@@ -74,6 +76,8 @@ class LitModel(nn.Module):
             raise LitError(f"unknown loss '{loss}'.", input_name="loss", fix=f"use one of {', '.join(LOSSES)}.")
         # Under ComfyUI's inference mode trainable tensors could never take gradients: nodes build the model
         # inside nodes/host.py's trainable(); the engine does not lift inference mode itself.
+        # lora/full: train only the top N transformer layers (0: all; None: the spec's measured default)
+        self.text_layers = int(spec.default("text_layers") if text_layers is None else text_layers)
         self._build(image_tower, text_tower, mode, loss, lora_rank, lora_alpha, lora_targets, seed,
                     mode != "head" if copy_text_tower is None else copy_text_tower)
         # Filled by the trainer, written into the adapter's metadata.
@@ -94,12 +98,28 @@ class LitModel(nn.Module):
         self.lora_targets = tuple(lora_targets)
         self.embed_dim = int(image_tower.embed_dim)
         self.adapter = LitAdapter(int(text_tower.hidden_size), self.embed_dim, loss, seed).to(text_tower.device)
+        # The top layers' name prefixes (None: the whole tower); a count at or above the depth means all layers.
+        self._top = top_layer_prefixes(text_tower.model, self.text_layers) if mode != "head" else None
+        if self._top is None:
+            self.text_layers = 0
         if mode == "head":
             text_tower.requires_grad_(False)
         elif mode == "lora":
-            apply_lora(text_tower.model, self.lora_rank, self.lora_alpha, targets=self.lora_targets, seed=seed)
+            apply_lora(text_tower.model, self.lora_rank, self.lora_alpha, targets=self.lora_targets, seed=seed,
+                       within=self._top)
         else:
-            text_tower.requires_grad_(True)
+            text_tower.requires_grad_(False)
+            for p in self._full_parameters():
+                p.requires_grad_(True)
+
+    def _full_parameters(self) -> list[nn.Parameter]:
+        """Full mode's text-tower parameters: all, or (top-N layers) those layers and what follows the layer
+        stack (a final norm, a pooler), never the embeddings or the frozen lower layers."""
+        if self._top is None:
+            return list(self.text_tower.model.parameters())
+        stack = transformer_layers(self.text_tower.model)[0] + "."
+        return [p for n, p in self.text_tower.model.named_parameters()
+                if n.startswith(self._top) or not (n.startswith(stack) or "embeddings" in n)]
 
     # -- the contract used by samplers and zero-shot nodes --------------------------------------------------
     @property
@@ -186,7 +206,7 @@ class LitModel(nn.Module):
         if self.mode == "lora":
             params += lora_parameters(self.text_tower.model)
         elif self.mode == "full":
-            params += list(self.text_tower.model.parameters())
+            params += self._full_parameters()
         return params
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -238,6 +258,7 @@ class LitModel(nn.Module):
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION, "mode": self.mode, "loss": self.loss_name,
             "lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha, "lora_targets": list(self.lora_targets),
+            "text_layers": self.text_layers,
             "embed_dim": self.embed_dim, "text_hidden_size": int(tt.hidden_size),
             "image_tower": {"name": it.name, "fingerprint": it.fingerprint, "kind": getattr(it, "kind", ""),
                             "embed_dim": int(it.embed_dim), "preprocess_id": str(getattr(it, "preprocess_id", ""))},
@@ -332,7 +353,8 @@ def load_adapter(path: str, image_tower, text_tower, *, force: bool = False,
                                                                      ", or set force to load it anyway") + ".")
     model = LitModel(image_tower, text_tower, mode=info["mode"], loss=info["loss"],
                      lora_rank=int(info.get("lora_rank") or 8), lora_alpha=float(info.get("lora_alpha") or 16.0),
-                     lora_targets=tuple(info.get("lora_targets") or DEFAULT_LORA_TARGETS))
+                     lora_targets=tuple(info.get("lora_targets") or DEFAULT_LORA_TARGETS),
+                     text_layers=int(info.get("text_layers") or 0))
     tensors = load_tensors(path, input_name="adapter")
     from ..towers.registry import check_finite_state
 

@@ -66,12 +66,16 @@ def _suffixes(targets: Iterable[str] | str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def find_lora_targets(model: nn.Module, targets: Iterable[str] | str = ("attention", "mlp")) -> list[str]:
-    """Names of the ``nn.Linear`` modules LoRA would wrap (``targets``: group names or module-name endings)."""
+def find_lora_targets(model: nn.Module, targets: Iterable[str] | str = ("attention", "mlp"),
+                      within: tuple[str, ...] | None = None) -> list[str]:
+    """Names of the ``nn.Linear`` modules LoRA would wrap (``targets``: group names or module-name endings;
+    ``within``: only modules whose names start with one of these prefixes, e.g. the top layers)."""
     suffixes = _suffixes(targets)
     names = []
     for name, mod in model.named_modules():
         if type(mod) is not nn.Linear or not any(name == s or name.endswith("." + s) for s in suffixes):
+            continue
+        if within is not None and not name.startswith(within):
             continue
         # BERT's attention output is also named "...output.dense": only take it when attention is targeted.
         if name.endswith("attention.output.dense") and "attention.output.dense" not in suffixes:
@@ -82,13 +86,13 @@ def find_lora_targets(model: nn.Module, targets: Iterable[str] | str = ("attenti
 
 def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, *,
                targets: Iterable[str] | str = ("attention", "mlp"), dropout: float = 0.0,
-               seed: int | None = None) -> list[nn.Parameter]:
+               seed: int | None = None, within: tuple[str, ...] | None = None) -> list[nn.Parameter]:
     """Wrap the matching linears of ``model`` in place; freeze everything else; return the LoRA parameters.
 
     ``targets`` are groups (``"attention"``: q/k/v/out projections, ``"mlp"``: the two feed-forward linears)
-    or explicit module-name endings such as ``"q_proj"``.
+    or explicit module-name endings such as ``"q_proj"``; ``within`` limits them to module-name prefixes.
     """
-    names = find_lora_targets(model, targets)
+    names = find_lora_targets(model, targets, within)
     if not names:
         already = [n for n, m in model.named_modules() if isinstance(m, LoRALinear)]
         why = " (it already has LoRA layers)" if already else ""

@@ -16,6 +16,7 @@ from ..common.errors import LitError
 from ..data.dataset import CaptionedDataset
 from ..data.embedding_cache import EmbeddingCache
 from . import distributed as dist_
+from .layer_cache import PrefixCache
 from .lit_model import LitModel
 
 
@@ -29,6 +30,7 @@ class Prepared:
     class_names: list[str] | None
     report: str
     text_feats: dict[str, torch.Tensor] = field(default_factory=dict)  # caption -> pooled features (frozen tower)
+    prefix: PrefixCache | None = None  # lora/full on the top layers: the frozen lower layers' states per caption
     root: str | None = None  # the cache folder (image shards, text features)
 
 
@@ -76,9 +78,12 @@ def prepare(model: LitModel, dataset: CaptionedDataset, *, val_fraction: float, 
     if class_names and len(val_ds) and not all(c[0] in class_names for c in val_ds.captions):
         class_names = None
     prep = Prepared(train_ds, val_ds, train_feats, val_feats, cache, class_names, report, root=root)
+    texts = sorted({c for part in (train_ds, val_ds) for caps in part.captions for c in caps} | set(class_names or []))
     if model.mode == "head":  # frozen text tower: each distinct caption (train, validation, labels) once
-        texts = {c for part in (train_ds, val_ds) for caps in part.captions for c in caps}
-        prep.text_feats = cached_text_features(model.text_tower, sorted(texts | set(class_names or [])), root)
+        prep.text_feats = cached_text_features(model.text_tower, texts, root)
+    elif model.text_layers:  # only the top layers train: the frozen layers below them run once per caption
+        prep.prefix = PrefixCache(model.text_tower, model.text_layers)
+        prep.prefix.fill(texts)
     return prep
 
 

@@ -72,6 +72,9 @@ _P = [
           "text features to the (centred) image embeddings, then fine-tuned contrastively. random: LiT's "
           "original random start.", choices=INITS),
     Param("lora_rank", 8, "int", "LoRA rank (mode lora).", 1, 256, 1),
+    Param("text_layers", 2, "int", "lora/full: train only the top N transformer layers of the text encoder (0: "
+          "all). The frozen layers below them run once per caption and are cached, so each step runs only the "
+          "top N.", 0, 1000, 1),
     Param("lora_alpha", 16.0, "float", "LoRA scale numerator (the update is scaled by alpha/rank).", 0.0, 1024.0,
           0.5),
     Param("val_fraction", 0.15, "float", "Share of the images held out to validate; the state with the highest "
