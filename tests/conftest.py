@@ -11,6 +11,7 @@ import importlib.util
 import os
 import sys
 
+import pytest
 import torch
 from torchvision_cpu import import_torchvision_on_cpu_torch  # tests/ is on sys.path (pyproject: pythonpath)
 
@@ -39,3 +40,14 @@ def _ensure_package() -> None:
 
 
 _ensure_package()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): on a small
+    shared CI machine two OpenMP threads spin-wait for each other (restoration and enhancement tests ran 3-8x longer,
+    measured 2026-12-02); the previous setting is restored for the other modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -66,13 +66,7 @@ def _load(path: str) -> torch.Tensor:
     return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).astype(np.float32) / 255.0)[None]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # two shared cores: torch's own threads contend with each other and run ~8x slower than one thread
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,7 @@ from comfyui_lit.models.enhancement import spec
 from comfyui_lit.models.enhancement.auto import auto_grade, auto_grade_one
 from comfyui_lit.models.enhancement.ops import EnhancementParams, apply_enhancement, luminance
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

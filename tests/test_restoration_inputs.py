@@ -11,15 +11,7 @@ from comfyui_lit.models.restoration import denoisers as DN
 from comfyui_lit.models.restoration.sampler import restore
 from comfyui_lit.nodes.restoration import LiTDegrade, LiTRestorationSampler
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread here: on a small shared CI machine two OpenMP threads spin-wait for each other (these
-    tests took 3x longer, measured 2026-12-02); the previous setting is restored for the other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _image(seed: int = 0) -> torch.Tensor:
