@@ -25,7 +25,7 @@ import math
 import torch
 
 from . import spec
-from .ops import EnhancementParams, luminance
+from .ops import LUMA, EnhancementParams, luminance
 
 
 def _ramp(v: float, start: float, end: float) -> float:
@@ -89,7 +89,7 @@ def shadow_noise(x: torch.Tensor, black: torch.Tensor, scale: torch.Tensor, max_
     k = scale.view(3, 1, 1)
     hh = (a - b - c + d) * 0.5 * k
     level = ((a + b + c + d) * 0.25 - black.view(3, 1, 1)) * k
-    lum = (level * level.new_tensor((0.299, 0.587, 0.114)).view(3, 1, 1)).sum(0)
+    lum = (level * level.new_tensor(LUMA).view(3, 1, 1)).sum(0)
     dark = lum < spec.SHADOW_LEVEL
     n = int(dark.sum())
     if n == 0:
@@ -157,7 +157,7 @@ def auto_grade_one(x: torch.Tensor) -> tuple[EnhancementParams, dict[str, float]
     # exposure control: midtones toward the typical level, only when the photo is darker (or brighter) than
     # nearly every correctly exposed photo
     mean = float(y.mean())
-    lum = (y * y.new_tensor((0.299, 0.587, 0.114)).view(3, 1)).sum(0)
+    lum = (y * y.new_tensor(LUMA).view(3, 1)).sum(0)
     g = exposure_evidence(lum)
     stats["mean_level"], stats["exposure_evidence"] = mean, g
     dark = _ramp(g, *spec.DARK_GATE)

@@ -154,15 +154,15 @@ class EnhancementParams:
     @classmethod
     def from_dict(cls, data: dict[str, torch.Tensor]) -> EnhancementParams:
         version = data.get("enhance.version")
-        if version is not None and int(torch.as_tensor(version).reshape(-1)[0]) == 2 and \
-                "enhance.shadow_gain" not in data and "enhance.gamma" in data:
+        fmt = None if version is None else int(torch.as_tensor(version).reshape(-1)[0])
+        if fmt == 2 and "enhance.shadow_gain" not in data and "enhance.gamma" in data:
             # format 2 had no shadow limit: the same grade with none (its identity)
             data = {**data, "enhance.shadow_gain": torch.full_like(torch.as_tensor(data["enhance.gamma"]).float(),
                                                                    GRADE_PARAMS["shadow_gain"].identity)}
-            version = torch.tensor([PARAMS_VERSION])
-        if version is not None and int(torch.as_tensor(version).reshape(-1)[0]) != PARAMS_VERSION:
+            fmt = PARAMS_VERSION
+        if fmt is not None and fmt != PARAMS_VERSION:
             raise LitError(f"this grade was saved by another version of the enhancement (format "
-                           f"{int(torch.as_tensor(version).reshape(-1)[0])}, this one reads {PARAMS_VERSION}).",
+                           f"{fmt}, this one reads {PARAMS_VERSION}).",
                            input_name="enhancement", fix="re-run the LiT Enhancement Sampler to fit a new grade.")
         missing = [f.name for f in fields(cls) if f"enhance.{f.name}" not in data]
         if missing:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..common.errors import LitError
+from ..towers.registry import check_finite_state
 from .denoisers import Denoiser, sigma_vec
 from .ffdnet import ARCH_NAME as FFDNET
 from .ffdnet import FFDNet, build_from_state_dict
@@ -168,14 +169,9 @@ def _read_safetensors(path: str) -> tuple[dict[str, Tensor], dict[str, str]]:
     return sd, meta
 
 
-def _check_finite_weights(sd: dict[str, Tensor], name: str) -> None:
-    for k, v in sd.items():
-        if v.is_floating_point() and not torch.isfinite(v).all():
-            raise LitError(f"tensor '{k}' in '{name}' has NaN or infinite values.", input_name="prior",
-                           fix="the file is damaged: download or convert it again.")
-
-
 def _spandrel_descriptor(sd: dict[str, Tensor], name: str) -> Any:
+    """The spandrel descriptor of a state dict whose weights are checked finite first."""
+    check_finite_state(sd, path=name, input_name="prior")
     loader = _spandrel_loader()
     try:
         return loader().load_from_state_dict(sd)
@@ -191,7 +187,6 @@ def load_prior(path: str, device: torch.device | str = "cpu", **kw: Any) -> Netw
     sd, meta = _read_safetensors(path)
     if meta.get("architecture") == FFDNET:
         return from_ffdnet(build_from_state_dict(sd, name), device, name=f"{FFDNET} ({name})", **kw)
-    _check_finite_weights(sd, name)
     return from_descriptor(_spandrel_descriptor(sd, name), device, **kw)
 
 
@@ -231,7 +226,6 @@ def load_descriptor(path: str, sigma: float = DEFAULT_SIGMA) -> Any:
     sd, meta = _read_safetensors(path)
     if meta.get("architecture") == FFDNET:
         return ffdnet_descriptor(build_from_state_dict(sd, f"'{name}'"), sigma, f"{FFDNET} ({name})")
-    _check_finite_weights(sd, name)
     desc = _spandrel_descriptor(sd, name)
     check_denoiser(desc)
     return desc
