@@ -167,8 +167,10 @@ for phase in ("train-TERM", "train-INT", "embed-TERM", "embed-INT"):
     data = captioned_folder(os.path.join(d, "data"), n=12)
     image.forward = slow_forward if phase.startswith("embed") else real
     print("@phase", phase, flush=True)
+    # --patience 0: early stopping would end a run in under a second (12 steps), and on a loaded machine the
+    # signal sent for it then lands in the next phase (every later case fails out of step)
     rc = cli.main(["train", data, "--out", os.path.join(d, "a.safetensors"), "--steps", "100000",
-                   "--batch-size", "4", "--val-every", "3", "--val-fraction", "0.25",
+                   "--batch-size", "4", "--val-every", "3", "--val-fraction", "0.25", "--patience", "0",
                    "--cache-dir", os.path.join(d, "cache")])
     print("@rc", phase, rc, flush=True)
 """
