@@ -141,7 +141,10 @@ def test_cli_out_error_names_the_input(fuzz, tmp_path):
 
 # -- issue 1 and 5: SIGTERM is handled like Ctrl+C, in training and in the first embedding pass ------------------
 _TRAINER = """
-import os, sys, time, types
+import os, signal, sys, time, types
+# Ctrl-C as in a terminal: a job started in the background of a non-interactive shell (CI, nohup) inherits SIGINT
+# ignored, and Python then installs no KeyboardInterrupt handler, so the INT cases would never see their signal
+signal.signal(signal.SIGINT, signal.default_int_handler)
 root, work, text_dir = sys.argv[1:4]
 sys.path[:0] = [os.path.join(root, "tests"), os.path.join(root, "tests", "fuzz")]
 pkg = types.ModuleType("comfyui_lit"); pkg.__path__ = [root]; sys.modules["comfyui_lit"] = pkg  # no node imports
