@@ -370,7 +370,15 @@ def test_class_name_captions_report_zero_shot_accuracy(tower, text_tower):
     result = train_locked(model, ds, TrainConfig(steps=60, batch_size=32, val_fraction=0.25, val_every=30))
     assert result.before_metrics["chance"] == pytest.approx(1 / 12)
     assert [v["step"] for v in result.val_history] == [0, 30, 60]
-    assert result.best_metrics["zero_shot_acc"] > result.before_metrics["zero_shot_acc"]
+    # Step 0 is the closed-form ridge start, which already learns from the captions: the class names must be
+    # told apart far above chance there, and the kept state may only be as good or better on validation.
+    before, best = result.before_metrics["zero_shot_acc"], result.best_metrics["zero_shot_acc"]
+    assert before >= 0.5 and best >= before
+    # and the kept adapter names unseen shapes far better than an untrained head does
+    unseen_images, _, unseen_labels = shapes_data.synthetic_shapes(48, seed=22)
+    unseen = (unseen_images, unseen_labels)
+    untrained = _zero_shot_acc(LitModel(tower, text_tower, mode="head"), unseen)
+    assert _zero_shot_acc(model, unseen) > untrained + 0.25
     assert "zero_shot_acc" in result.report and "chance level" in result.report
 
 
