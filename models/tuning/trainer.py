@@ -274,13 +274,7 @@ class _Validator:
         self.model, self.prep = model, prep
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        feats, prefix = self.prep.text_feats, self.prep.prefix
-        if feats and all(t in feats for t in texts):
-            return self.model.project_text(torch.stack([feats[t] for t in texts]))
-        if prefix is not None:  # only the top layers run (the lower ones are frozen and cached)
-            return torch.cat([self.model.project_text(prefix.features(texts[i:i + 256]))
-                              for i in range(0, len(texts), 256)])
-        return self.model.encode_text(texts)
+        return _text_embed(self.model, self.prep, texts, chunk=256)
 
     @torch.no_grad()
     def __call__(self) -> dict[str, float]:
@@ -479,12 +473,19 @@ def _same_caption(caps: list[str]) -> torch.Tensor:
     return ids[:, None] == ids[None, :]
 
 
-def _text_embed(model: LitModel, prep: Prepared, texts: list[str]) -> torch.Tensor:
-    if prep.text_feats:  # head mode: the frozen tower's features, computed once per distinct caption
-        return model.project_text(torch.stack([prep.text_feats[t] for t in texts]))
+def _text_embed(model: LitModel, prep: Prepared, texts: list[str], chunk: int | None = None) -> torch.Tensor:
+    """Captions -> normalised text embeddings the cheapest way the mode allows (training and validation alike);
+    ``chunk`` bounds the captions run through the tower at once (validation encodes hundreds)."""
+    feats = prep.text_feats
+    if feats and all(t in feats for t in texts):  # head mode: the frozen tower's features, once per caption
+        return model.project_text(torch.stack([feats[t] for t in texts]))
     if prep.prefix is not None:  # top layers only: the frozen lower layers' states are cached per caption
-        return model.project_text(prep.prefix.features(texts))
-    return model.project_text(model.text_features(texts))
+        run = lambda part: model.project_text(prep.prefix.features(part))  # noqa: E731
+    else:
+        run = lambda part: model.project_text(model.text_features(part))  # noqa: E731
+    step = chunk or max(1, len(texts))
+    return torch.cat([run(texts[i:i + step]) for i in range(0, len(texts), step)]) if texts else \
+        torch.zeros(0, model.embed_dim, device=model.device)
 
 
 def _diverged(run: _Run, step: int, what: str) -> TrainingDiverged:
