@@ -81,16 +81,31 @@ def _train(args: argparse.Namespace, data: str):
     dataset = load_shards(shards) if shards else load_dataset(data)
     model = LitModel(image, text, mode=args.mode, loss=args.loss, lora_rank=args.lora_rank,
                      lora_alpha=args.lora_alpha, seed=args.seed, text_layers=args.text_layers)
+    kept = "best validated" if config.keep == "refit" else config.keep
     print(f"training {args.mode} + {args.loss} on {len(dataset)} images (Ctrl-C or SIGTERM: stop and keep the "
-          f"{config.keep} state)", flush=True)
+          f"{kept} state)", flush=True)
     try:
         result = train_locked(model, dataset, config, cache_dir=args.cache_dir or None,
                               callback=_progress(max(1, (config.resolved(args.mode).steps or 100) // 20)),
-                              interrupt_exceptions=(KeyboardInterrupt, _Terminated))
+                              interrupt_exceptions=(KeyboardInterrupt, _Terminated), on_refit=_refit_progress())
     except TrainingDiverged as err:  # the model is back on its best finite state: the caller may still save it
         print(f"error: {err}", file=sys.stderr)
         return model, err.result, 1
     return model, result, 0
+
+
+def _refit_progress():
+    """Says when the refit on every image starts and ends (keep 'refit'): a lora run's refit takes a while."""
+    from ..models.tuning import distributed
+
+    def report(step: int, total: int) -> None:
+        if not distributed.is_main():
+            return
+        if step == 1:
+            print(f"refit on every image (validation ones included): {total} steps", flush=True)
+        if step == total:
+            print(f"refit done ({total} steps)", flush=True)
+    return report
 
 
 class _Terminated(Exception):
@@ -145,8 +160,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             print()
             print(result.report)
             _print_recall(result)
-            which = (f"the best validated state, step {result.best_step}" if result.kept == "best"
-                     else f"the last state, step {result.steps_done}")
+            which = {"best": f"the best validated state, step {result.best_step}",
+                     "refit": f"the refit on every image, {result.best_step} steps as validation chose"}.get(
+                result.kept, f"the last state, step {result.steps_done}")
             print(f"\nadapter written to {save_adapter(model, out)} ({which})")
         distributed.barrier()
     finally:

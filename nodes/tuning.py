@@ -165,7 +165,8 @@ class LiTLockedTuning:
             # means stop, so Save Adapter and everything else downstream must not run on a half-trained model.
             # Early stopping (patience) is the way to end a run early and keep it.
             result = train_locked(model, dataset, config, cache_dir=cache_dir.strip() or None, callback=on_step,
-                                  interrupt_exceptions=(), embed_progress=embedding_progress(), on_start=on_start)
+                                  interrupt_exceptions=(), embed_progress=embedding_progress(), on_start=on_start,
+                                  on_refit=lambda step, total: check_interrupted())
             report = result.report
         except TrainingDiverged as err:
             # The model is back on its best (finite) state: hand it on, and say loudly what happened.

@@ -26,6 +26,7 @@ from comfyui_lit.models.towers.image_tower import ImageTower
 from comfyui_lit.models.towers.text_tower import load_text_tower
 from comfyui_lit.models.tuning import demo_data
 from comfyui_lit.models.tuning.lit_model import LitModel, load_adapter, read_adapter_metadata, save_adapter
+from comfyui_lit.models.tuning.report import validation_table
 from comfyui_lit.models.tuning.trainer import TrainConfig, train_locked
 
 TEMPLATES = ["a {} on a white background", "a {} on a black background", "a {} on a gray background"]
@@ -403,3 +404,62 @@ def test_full_mode_trains_a_private_copy_and_round_trips(tower, text_tower, shap
     loaded = load_adapter(path, tower, small)
     images, texts = torch.rand(2, 32, 32, 3), ["a red square", "a blue circle"]
     assert torch.equal(loaded.logits(images, texts), model.logits(images, texts))
+
+
+# -- keep='refit' (the default): the validated choices trained again on every image ---------------------------
+_REFIT_RUN = dict(steps=30, batch_size=32, lr=1e-3, val_every=10, seed=0)
+
+
+def test_refit_is_the_validated_choices_trained_on_every_image(tower, text_tower, shapes):
+    model = LitModel(tower, text_tower, mode="head", seed=0)
+    result = train_locked(model, shapes, TrainConfig(**_REFIT_RUN))
+    assert result.kept == "refit" and set(result.closed_form) == {"whiten", "ridge_alpha"}
+    assert result.best_step >= 1  # validation chose a trained state, so the refit has steps to run
+    info = model.training_info
+    assert info["kept"] == "refit" and info["train_size"] == len(shapes) and info["val_size"] == 0
+    assert info["refit_steps"] == result.best_step and "Kept: the refit" in result.report
+    assert "<- chosen (then refitted on every image)" in validation_table(result)
+    # the same thing by hand: a fresh model, no validation share, the chosen settings and step count
+    ref = LitModel(tower, text_tower, mode="head", seed=0)
+    steps = result.best_step
+    train_locked(ref, shapes, TrainConfig(**{**_REFIT_RUN, "steps": steps}, val_fraction=0.0, keep="last",
+                                          whiten=int(result.closed_form["whiten"]), warmup_steps=max(1, steps // 20),
+                                          ridge_alpha=float(result.closed_form["ridge_alpha"]), patience=0))
+    mine, theirs = model.trainable_state_dict(), ref.trainable_state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.allclose(mine[k], theirs[k], atol=1e-6) for k in mine)
+    # and it is not the validated run's state (that one never saw the validation images)
+    best = LitModel(tower, text_tower, mode="head", seed=0)
+    train_locked(best, shapes, TrainConfig(**_REFIT_RUN, keep="best"))
+    assert not torch.allclose(best.trainable_state_dict()["center.image"], mine["center.image"])
+
+
+def test_a_cancel_during_the_refit_leaves_the_best_validated_state(tower, text_tower, shapes):
+    best = LitModel(tower, text_tower, mode="head", seed=0)
+    kept = train_locked(best, shapes, TrainConfig(**_REFIT_RUN, keep="best"))
+    assert kept.best_step >= 1
+
+    def cancel(step: int, total: int) -> None:
+        raise RuntimeError("cancelled by the host")  # what ComfyUI's interrupt does from the node's hook
+
+    model = LitModel(tower, text_tower, mode="head", seed=0)
+    with pytest.raises(RuntimeError, match="cancelled"):
+        train_locked(model, shapes, TrainConfig(**_REFIT_RUN), on_refit=cancel)
+    mine, theirs = model.trainable_state_dict(), best.trainable_state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+    def ctrl_c(step: int, total: int) -> None:
+        raise KeyboardInterrupt  # the CLI's Ctrl-C is caught: the run ends on the best validated state, and says so
+
+    model = LitModel(tower, text_tower, mode="head", seed=0)
+    result = train_locked(model, shapes, TrainConfig(**_REFIT_RUN), on_refit=ctrl_c)
+    assert result.interrupted and result.kept == "best" and "refit" in result.stopped
+    assert "The refit on every image was stopped" in result.report
+    assert model.training_info["kept"] == "best" and model.training_info["val_size"] > 0
+    mine = model.trainable_state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
+def test_without_validation_there_is_nothing_to_refit(tower, text_tower, shapes):
+    model = LitModel(tower, text_tower, mode="head", seed=0)
+    result = train_locked(model, shapes, TrainConfig(**{**_REFIT_RUN, "steps": 5}, val_fraction=0.0))
+    assert result.kept == "last" and not result.refit and model.training_info["train_size"] == len(shapes)

@@ -74,7 +74,9 @@ def test_head_learns_on_real_held_out_photos(text_tower, tmp_path):
     # one run here (2026-12-02, whitened ridge start) gave untrained 0.066, ridge 0.142, tuned 0.188 (kept step 0)
     assert trained > before + 0.04
     assert trained >= 0.9 * ridge
-    assert result.kept == "best" and "Kept: the best validated state" in result.report
+    # the default keep='refit': the validated choices trained again on all 192 photos, and said so
+    assert result.kept == "refit" and "Kept: the refit" in result.report
+    assert model.training_info["train_size"] == 192 and model.training_info["refit_steps"] == result.best_step
 
 
 def test_defaults_live_in_the_spec_only():

@@ -18,7 +18,9 @@ def validation_table(result) -> str:
     keys = [k for k in ("loss", "i2t_r@5", "t2i_r@5", "mean_r@5", "zero_shot_acc") if k in result.val_history[0]]
     lines = [f"{'step':>7}" + "".join(f"{k:>14}" for k in keys)]
     for v in result.val_history:
-        mark = "  <- kept" if result.kept == "best" and v["step"] == result.best_step else ""
+        chosen = v["step"] == result.best_step
+        mark = ("  <- kept" if result.kept == "best" and chosen else
+                "  <- chosen (then refitted on every image)" if result.kept == "refit" and chosen else "")
         lines.append(f"{int(v['step']):>7}" + "".join(f"{v.get(k, float('nan')):>14.4f}" for k in keys) + mark)
     return "\n".join(lines)
 
@@ -52,9 +54,16 @@ def format_report(model, result, prep) -> str:
         lines.append(f"Validation best (step {result.best_step}): {fmt_metrics(result.best_metrics)}")
         if "chance" in result.best_metrics:
             lines.append(f"(zero-shot chance level {result.best_metrics['chance']:.3f})")
-        kept = (f"the best validated state (highest validation recall), step {result.best_step}"
-                if result.kept == "best" else f"the last state, step {result.steps_done}")
+        if result.kept == "refit":
+            kept = (f"the refit: {result.refit}. The validation numbers above are the validated run's; the refit "
+                    "has seen the validation images, so it has none of its own")
+        elif result.kept == "best":
+            kept = f"the best validated state (highest validation recall), step {result.best_step}"
+        else:
+            kept = f"the last state, step {result.steps_done}"
         lines.append(f"Kept: {kept}.")
+        if result.interrupted and getattr(result, "refit", "") == "" and "refit" in result.stopped:
+            lines.append("The refit on every image was stopped: the best validated state is kept.")
     else:
         lines.append("No validation set (dataset too small or val_fraction 0): the last state is kept.")
     return "\n".join(lines)

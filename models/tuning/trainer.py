@@ -10,7 +10,10 @@ The recipe (measured on held-out Flickr8k photos, ``bench/lit_quality.py``):
    where each distinct caption's features are computed once and a step is a matrix product), with weight decay
    toward that start rather than toward zero;
 4. the state with the highest validation recall (R@1/5/10 both ways over every validation caption) is kept, and
-   the run stops early once ``patience`` validations in a row have not improved on it.
+   the run stops early once ``patience`` validations in a row have not improved on it;
+5. with ``keep='refit'`` (the default) the settings validation chose (whitening size, ridge strength, number of
+   steps) are then fitted again on every image, the validation share included, as a closed-form baseline is
+   refitted on all its data once its hyper-parameters are picked.
 
 Reads top to bottom: prepare the data, build the optimizer, (resume), loop, finish.
 """
@@ -111,7 +114,10 @@ class TrainResult:
     best_step: int = 0
     best_metrics: dict[str, float] = field(default_factory=dict)
     before_metrics: dict[str, float] = field(default_factory=dict)
-    kept: str = "best"  # which state the model ended on: "best" (validated) or "last"
+    kept: str = "best"  # which state the model ended on: "best" (validated), "last" or "refit"
+    closed_form: dict[str, float] = field(default_factory=dict)  # what validation chose: whiten (dims), ridge_alpha
+    refit: str = ""  # what the refit on every image did ("" when it did not run)
+    train_size: int = 0  # images trained on (the validation share excluded)
     steps_done: int = 0
     steps_total: int = 0  # the steps the run was set to (steps_done < steps_total: stopped early)
     interrupted: bool = False
@@ -173,18 +179,19 @@ class _Sampler:
 WHITEN_SHRINK = 0.3
 
 
-def _closed_form_start(model: LitModel, prep: Prepared, cfg: TrainConfig) -> str:
+def _closed_form_start(model: LitModel, prep: Prepared, cfg: TrainConfig) -> tuple[str, dict[str, float]]:
     """Centre (and whiten) the locked image embeddings and start the head from the ridge map text -> image; the
     whitening size and ridge strength are picked on the validation split among a few closed-form fits (each a
-    solve of the text features' size, so all of them cost well under a second). Returns what was chosen."""
+    solve of the text features' size, so all of them cost well under a second). Returns what was chosen, in
+    words and as ``{"whiten": k, "ridge_alpha": alpha}`` (empty for a random start)."""
     if prep.train_feats is None and cfg.init != "ridge":
-        return "random start"  # uncached: no pass over the images before step 1
+        return "random start", {}  # uncached: no pass over the images before step 1
     feats = prep.train_feats if prep.train_feats is not None else _encode_images(model, prep.train,
                                                                                  range(len(prep.train)))
     if cfg.center_images:
         model.set_image_center(feats.mean(0))
     if cfg.init != "ridge":
-        return "random start"
+        return "random start", {}
     text, owner = base_text_features(model, prep)
     auto = whitening_dims(len(prep.train), feats.shape[1])
     if cfg.whiten >= 0 or prep.val_feats is None:  # nothing to choose on: the given size, or the middle one
@@ -211,7 +218,8 @@ def _closed_form_start(model: LitModel, prep: Prepared, cfg: TrainConfig) -> str
     with torch.no_grad():
         model.adapter.head.weight.copy_(w.t())
         model.adapter.head.bias.copy_(b)
-    return f"ridge start (alpha {alpha:g}), " + (f"images whitened to {k} dims" if k else "no whitening")
+    note = f"ridge start (alpha {alpha:g}), " + (f"images whitened to {k} dims" if k else "no whitening")
+    return note, {"whiten": k, "ridge_alpha": alpha}
 
 
 @torch.no_grad()
@@ -324,7 +332,8 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
                  should_stop: Callable[[], bool] | None = None,
                  interrupt_exceptions: tuple[type[BaseException], ...] = (KeyboardInterrupt,),
                  embed_progress: Callable[[int, int], None] | None = None,
-                 on_start: Callable[[int, dict], None] | None = None) -> TrainResult:
+                 on_start: Callable[[int, dict], None] | None = None,
+                 on_refit: Callable[[int, int], None] | None = None) -> TrainResult:
     """Train ``model``'s text side on ``dataset`` with the image tower locked; returns a :class:`TrainResult`.
 
     - ``cache_dir``: where image embeddings are cached (default ``<dataset folder>/.lit_cache``).
@@ -334,14 +343,81 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
     - ``on_start(total, val_metrics)`` once before the first step: the starting point (step 0) of a chart.
     - ``embed_progress(done, total)`` while image embeddings are computed/read before training.
     - A NaN/inf loss or gradient raises :class:`TrainingDiverged`; the model is then on its best validated state.
+    - ``keep='refit'``: once the validated run has chosen its settings, ``on_refit(step, total)`` is called after
+      every step of the refit on all images (it may raise, like ``callback``: the model then goes back to the
+      best validated state, ``interrupted=True``).
     The caller decides whether autograd may run (nodes lift inference mode with ``host.trainable_node``)."""
     cfg = _resolve(config, model)
+    if cfg.keep != "refit":
+        return _train(model, dataset, cfg, cache_dir, callback, should_stop, interrupt_exceptions, embed_progress,
+                      on_start)
+    start_state = model.trainable_state_dict()  # the refit starts where the validated run started
+    preps: list[Prepared] = []
+    result = _train(model, dataset, _replace(cfg, keep="best"), cache_dir, callback, should_stop,
+                    interrupt_exceptions, embed_progress, on_start, preps)
+    if result.kept != "best" or result.interrupted or not result.closed_form:
+        return result  # no validation (nothing was chosen) or stopped by the user: keep what the run kept
+    return _refit(model, dataset, cfg, result, preps[0], start_state, cache_dir, should_stop, interrupt_exceptions,
+                  on_refit)
+
+
+def _replace(cfg: TrainConfig, **changes) -> TrainConfig:
+    return TrainConfig(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, **changes})
+
+
+def _refit(model: LitModel, dataset: CaptionedDataset, cfg: TrainConfig, result: TrainResult, prep: Prepared,
+           start_state: dict[str, torch.Tensor], cache_dir: str | None, should_stop, interrupt_exceptions,
+           on_refit: Callable[[int, int], None] | None) -> TrainResult:
+    """The validated run's choices, trained again from the same start on every image (no validation share).
+
+    On 600 Flickr8k photos this lifted held-out mean R@5 from 0.150 to 0.168 and zero-shot from 22% to 28%
+    (bench/lit_quality.py): the validation share is 15% of the data, and the baselines are refitted on all of it."""
+    steps = result.best_step
+    again = _replace(cfg, keep="last", val_fraction=0.0, whiten=int(result.closed_form["whiten"]),
+                     ridge_alpha=float(result.closed_form["ridge_alpha"]), steps=steps,
+                     warmup_steps=max(1, steps // 20), patience=0, checkpoint_every=0, resume=False)
+    best_state, info = result.best_state, dict(model.training_info)
+    model.load_trainable_state_dict(start_state)
+    step_hook = (lambda step, total, metrics: on_refit(step, total)) if on_refit is not None else None
+    try:
+        second = _train(model, dataset, again, cache_dir, step_hook, should_stop, interrupt_exceptions, None, None)
+    except TrainingDiverged as err:
+        second = err.result
+        second.interrupted, second.stopped = True, str(err)
+    except BaseException:
+        model.load_trainable_state_dict(best_state)  # e.g. ComfyUI's cancel: never leave a half-refitted model
+        raise
+    if second.interrupted:
+        model.load_trainable_state_dict(best_state)
+        model.training_info = info
+        result.interrupted = True
+        result.stopped = "interrupted during the refit on all images: the best validated state is kept"
+        result.report = format_report(model, result, prep)
+        return result
+    result.kept, result.best_state = "refit", model.trainable_state_dict()
+    result.refit = (f"fitted again on all {second.train_size} images (the validation ones included) for "
+                    f"{steps} steps, with the whitening ({again.whiten} dims) and ridge strength "
+                    f"({again.ridge_alpha:g}) validation chose")
+    result.seconds += second.seconds
+    info.update({"kept": "refit", "refit_steps": steps, "train_size": second.train_size, "val_size": 0})
+    model.training_info = info
+    result.report = format_report(model, result, prep)
+    return result
+
+
+def _train(model: LitModel, dataset: CaptionedDataset, cfg: TrainConfig, cache_dir: str | None, callback,
+           should_stop, interrupt_exceptions, embed_progress, on_start,
+           preps: list[Prepared] | None = None) -> TrainResult:
+    """One run with validation, early stopping and the kept state of ``cfg.keep`` (best or last); its prepared
+    data is appended to ``preps`` when given (the refit's report describes the validated run's split)."""
     t_start, device = time.perf_counter(), model.text_tower.device
     world, rank = dist_.world_size(), dist_.rank()
 
     # -- data and the closed-form start ----------------------------------------------------------------------
     prep = prepare(model, dataset, val_fraction=cfg.val_fraction, seed=cfg.seed, cached=cfg.cache_embeddings,
                    cache_dir=cache_dir, embed_batch_size=cfg.embed_batch_size, embed_progress=embed_progress)
+    if preps is not None:
+        preps.append(prep)
     if len(prep.train) < 2 * world:
         raise LitError(f"{len(prep.train)} training images for {world} processes.", input_name="dataset",
                        fix="use fewer processes or more data (at least 2 images per process).")
@@ -351,7 +427,7 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
     # A resume loads the weights and the decay's anchors (the start) from the checkpoint; one written before
     # anchors were stored gets the same (deterministic) start computed again here.
     fresh = checkpoint is None or not any(k.startswith("anchor.") for k in checkpoint[0])
-    start_note = _closed_form_start(model, prep, cfg) if fresh else ""
+    start_note, chosen = _closed_form_start(model, prep, cfg) if fresh else ("", {})
 
     # -- optimizer, schedule, objective ----------------------------------------------------------------------
     opt, anchors = _optimizer(model, cfg)
@@ -361,7 +437,8 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
     run = _Run(model, _Validator(model, prep), cfg.patience if prep.val_feats is not None else 0)
     result = run.result
     result.world_size, result.dataset_report, result.resume_notes = world, prep.report, notes
-    result.steps_total, result.start = cfg.steps, start_note
+    result.steps_total, result.start, result.closed_form = cfg.steps, start_note, chosen
+    result.train_size = len(prep.train)
     run_info = _run_info(model, cfg, sampler.batch, len(prep.train), world)
 
     model.eval()  # dropout off throughout: small-data tuning doesn't need it and runs stay reproducible
@@ -545,7 +622,7 @@ def _save_checkpoint(folder: str, step: int, model: LitModel, run: _Run, run_inf
     meta = {"step": step, **run_info, "optimizer": opt_meta, "scheduler": sched.state_dict(),
             "history": result.history, "val_history": result.val_history,
             "before_metrics": result.before_metrics, "best_metrics": result.best_metrics,
-            "best_step": result.best_step, "best_score": run.best_score}
+            "best_step": result.best_step, "best_score": run.best_score, "closed_form": result.closed_form}
     ckpts.save_checkpoint(folder, step, tensors, meta)
 
 
@@ -590,6 +667,7 @@ def _resume(model: LitModel, run: _Run, checkpoint, path: str, run_info: dict, o
     r.history, r.val_history = meta["history"], meta["val_history"]
     r.before_metrics, r.best_metrics = meta["before_metrics"], meta["best_metrics"]
     r.best_step, run.best_score = meta["best_step"], float(meta["best_score"])
+    r.closed_form = dict(meta.get("closed_form") or {})  # older checkpoints: unknown, so no refit after them
     r.best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
     r.resumed_from = r.steps_done = meta["step"]
     return meta["step"] + 1
