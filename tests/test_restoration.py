@@ -383,6 +383,27 @@ def test_block_matching_transforms():
     assert torch.allclose(a, ref, atol=1e-5)
 
 
+def test_block_matching_wiener_profile_follows_sigma(photos, monkeypatch):
+    from comfyui_lit.models.restoration.spec import BLOCK_MATCHING
+
+    seen = []
+    grouped = DN.DCTDenoiser._grouped
+
+    def spy(self, v, lum, sigma, pilot, g, **kw):
+        seen.append((pilot is None, g))
+        return grouped(self, v, lum, sigma, pilot, g, **kw)
+
+    monkeypatch.setattr(DN.DCTDenoiser, "_grouped", spy)
+    den = DN.DCTDenoiser(block_matching=True)
+    y = photos[:1, :, :24, :24]
+    cut = BLOCK_MATCHING.high_sigma
+    for sigma, wiener in ((cut * 0.6, BLOCK_MATCHING.wiener), (cut * 1.25, BLOCK_MATCHING.wiener_high)):
+        seen.clear()
+        den(y, sigma)
+        assert seen == [(True, BLOCK_MATCHING.hard), (False, wiener)], sigma
+    assert BLOCK_MATCHING.wiener != BLOCK_MATCHING.wiener_high
+
+
 def test_block_matching_on_small_grey_and_tiled_images(photos):
     den = DN.DCTDenoiser(block_matching=True)
     for size in (1, 3, 5, 9, 21):  # below one patch the sliding stages take over; above, fewer candidates

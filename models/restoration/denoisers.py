@@ -100,13 +100,13 @@ def haar_matrix(n: int) -> Tensor:
 
 
 @lru_cache(maxsize=8)
-def _transforms(p: int, hard: bool, kaiser: float) -> tuple[Tensor, Tensor, Tensor]:
+def _transforms(p: int, transform: str, kaiser: float) -> tuple[Tensor, Tensor, Tensor]:
     """A grouped step's 2-D analysis matrix, its synthesis matrix and the flattened Kaiser window, built once
     (rebuilding them, the inverse above all, was a tenth of a call on an 80 px image)."""
-    if hard and p & (p - 1) == 0:
+    if transform == "bior1.5" and p & (p - 1) == 0:
         a = torch.kron(bior15_matrix(p), bior15_matrix(p))
         syn = torch.linalg.inv(a)
-    else:  # BM3D's Wiener transform (and its hard-threshold one where bior1.5 has no full depth)
+    else:  # the DCT (also BM3D's stand-in where bior1.5 has no full depth)
         a = _dct2_basis(p)
         syn = a.T.contiguous()
     win = torch.kaiser_window(p, periodic=False, beta=kaiser)
@@ -157,13 +157,14 @@ class DCTDenoiser(Denoiser):
         opp = _OPPONENT.to(x.device) if c == 3 else torch.eye(c, device=x.device)
         v = torch.einsum("ij,bjhw->bihw", opp, x)
         prof = self.profile
-        size = max(prof.hard.patch, prof.wiener.patch)
+        wiener = prof.wiener_high if sigma > prof.high_sigma else prof.wiener
+        size = max(prof.hard.patch, wiener.patch)
         if self.block_matching and self.wiener and min(x.shape[-2:]) + 2 * prof.pad >= size:
             pad = prof.pad
             mode = "reflect" if pad < min(v.shape[-2:]) else "replicate"
             vp = F.pad(v, (pad, pad, pad, pad), mode=mode)
             basic = self._grouped(vp, vp[:, :1], sigma, None, prof.hard)
-            est = self._grouped(vp, basic[:, :1], sigma, basic, prof.wiener)
+            est = self._grouped(vp, basic[:, :1], sigma, basic, wiener)
         else:
             p = self.patch
             # reflect padding so border pixels get as many patch estimates as interior ones
@@ -208,14 +209,19 @@ class DCTDenoiser(Denoiser):
         shift = torch.arange(-r, r + 1, device=lum.device)
         ok_x = ((gx[:, None] + shift) >= 0) & ((gx[:, None] + shift) < wp)  # [Lx, n]
         lp = F.pad(lum, (r, r, r, r), mode="replicate")  # the padded values are never used
+        # box sums by cumulative sums taken only at the reference rows and columns (3-4x less CPU than a box filter
+        # over every pixel), written into reused buffers: fresh large tensors per row shift cost page faults
+        diff = lum.new_empty(b, h, n, w)
+        cs = lum.new_zeros(b, h + 1, n, w)
+        x1, x0 = gx + p - 1, (gx - 1).clamp_min(0)
+        first = (gx > 0).to(lum.dtype)[:, None]  # the column before the image sums to 0
         dists = []
         for dy in range(-r, r + 1):
-            # all column shifts of one row shift at once (a strided view); box sums by cumulative sums taken only
-            # at the reference rows and columns: 3-4x less CPU than a box filter over every pixel
-            rows = lp[:, 0, r + dy:r + dy + h].unfold(-1, w, 1)  # [B, h, n, w]
-            cs = F.pad((lum[:, 0, :, None, :] - rows).pow_(2).cumsum(1), (0, 0, 0, 0, 1, 0))
-            cs = F.pad((cs[:, gy + p] - cs[:, gy]).cumsum(-1), (1, 0))  # [B, Ly, n, w + 1]
-            d = (cs[..., gx + p] - cs[..., gx]).transpose(2, 3)  # [B, Ly, Lx, n]
+            rows = lp[:, 0, r + dy:r + dy + h].unfold(-1, w, 1)  # [B, h, n, w]: all column shifts of this row shift
+            torch.sub(lum[:, 0, :, None, :], rows, out=diff).square_()
+            torch.cumsum(diff, 1, out=cs[:, 1:])
+            cw = (cs[:, gy + p] - cs[:, gy]).cumsum_(-1)  # [B, Ly, n, w]
+            d = (cw[..., x1] - cw[..., x0] * first.T).transpose(2, 3)  # [B, Ly, Lx, n]
             ok = ((gy + dy >= 0) & (gy + dy < hp))[:, None, None] & ok_x[None]
             dists.append(d.masked_fill_(~ok[None], float("inf")))
         dist = torch.cat(dists, -1).flatten(1, 2)  # [B, L, n*n]
@@ -227,7 +233,7 @@ class DCTDenoiser(Denoiser):
     def _grouped(self, v: Tensor, lum: Tensor, sigma: float, pilot: Tensor | None, g: GroupedPass,
                  chunk: int = 1024) -> Tensor:
         """One BM3D step on ``v [B,C,H,W]`` (opponent channels) with groups matched on ``lum``: hard thresholding
-        in bior1.5 x Haar without a ``pilot``, else Wiener shrinkage in DCT x Haar by the pilot's spectrum.
+        without a ``pilot``, else Wiener shrinkage by the pilot's spectrum, in ``g``'s 2-D transform x Haar.
 
         Aggregation runs in the 2-D transform domain (the inverse 2-D transform and the Kaiser window are linear
         and per position, so they are applied once per patch position, not once per group member): 3x less CPU.
@@ -240,7 +246,7 @@ class DCTDenoiser(Denoiser):
         gy, gx = _grid(hp, g.stride, dev), _grid(wp, g.stride, dev)
         my, mx = self._match(lum, gy, gx, p, g.search, kk)
         flat = my * wp + mx  # [B, L, K] patch index in the unfold order
-        a, syn, win = (t.to(dev) for t in _transforms(p, pilot is None, g.kaiser))
+        a, syn, win = (t.to(dev) for t in _transforms(p, g.transform, g.kaiser))
         kg = haar_matrix(kk).to(dev)
         thr, noise = self.profile.threshold * sigma, self.profile.mu2 * sigma ** 2
         out = torch.empty_like(v)
@@ -251,19 +257,20 @@ class DCTDenoiser(Denoiser):
             wsum = torch.zeros(c, hp * wp, device=dev)
             for lo in range(0, flat.shape[1], chunk):  # bounded memory on big tiles
                 fl = flat[i, lo:lo + chunk]
-                t = kg @ coef[:, fl]  # [C, L, K, p*p]
+                t = kg @ coef[:, fl]  # [C, L, K, p*p]; in place from here: fresh large buffers cost page faults
                 if ref is None:
                     keep = t.abs() > thr
                     keep[..., 0, 0] = True  # the group mean is never thresholded
-                    t = t * keep
-                    wgt = 1.0 / keep.sum(dim=(2, 3)).float()  # [C, L]: per channel, as CBM3D
+                    t.mul_(keep)
+                    wgt = keep.sum(dim=(2, 3), dtype=t.dtype).reciprocal_()  # [C, L]: per channel, as CBM3D
                 else:
                     shrink = (kg @ ref[:, fl]).square_()
-                    shrink = shrink / (shrink + noise)
-                    t = t * shrink
-                    wgt = 1.0 / shrink.square_().sum(dim=(2, 3)).clamp_min(1e-3)
+                    shrink.div_(shrink + noise)
+                    t.mul_(shrink)
+                    wgt = shrink.square_().sum(dim=(2, 3)).clamp_min_(1e-3).reciprocal_()
                 idx = fl.flatten()
-                acc.index_add_(1, idx, ((kg.T @ t) * wgt[:, :, None, None]).reshape(c, -1, p * p))
+                t.mul_(wgt[:, :, None, None])
+                acc.index_add_(1, idx, (kg.T @ t).reshape(c, -1, p * p))
                 wsum.index_add_(1, idx, wgt[:, :, None].expand(-1, -1, kk).reshape(c, -1))
             num = F.fold(((acc @ syn.T) * win).transpose(1, 2), (h, w), p)
             den = F.fold(wsum[:, None, :] * win[None, :, None], (h, w), p)
