@@ -4,7 +4,8 @@
 
 * :class:`DCTDenoiser`: built in, no weights. Sliding-window 8x8 DCT shrinkage in an orthonormal opponent colour
   space, hard thresholding then an empirical Wiener pass guided by the first estimate (the two stages of BM3D,
-  without the block matching), vectorised with ``unfold``/``fold`` on the image's device.
+  without the block matching), vectorised with ``unfold``/``fold`` on the image's device; with ``block_matching``,
+  BM3D's two grouped steps instead (one-shot denoising).
 * :class:`DiffusionDenoiser`: a ComfyUI diffusion ``MODEL`` (+ ``VAE``) used as an x0 predictor, by duck typing.
 * :class:`~.priors.NetworkPrior`: a trained denoiser (FFDNet, or a spandrel network such as DRUNet), in priors.py.
 """
@@ -215,16 +216,16 @@ class DCTDenoiser(Denoiser):
         cs = lum.new_zeros(b, h + 1, n, w)
         x1, x0 = gx + p - 1, (gx - 1).clamp_min(0)
         first = (gx > 0).to(lum.dtype)[:, None]  # the column before the image sums to 0
-        dists = []
-        for dy in range(-r, r + 1):
+        dist = lum.new_empty(b, len(gy), len(gx), n, n)  # written in place: a list and a cat held it twice
+        for j, dy in enumerate(range(-r, r + 1)):
             rows = lp[:, 0, r + dy:r + dy + h].unfold(-1, w, 1)  # [B, h, n, w]: all column shifts of this row shift
             torch.sub(lum[:, 0, :, None, :], rows, out=diff).square_()
             torch.cumsum(diff, 1, out=cs[:, 1:])
             cw = (cs[:, gy + p] - cs[:, gy]).cumsum_(-1)  # [B, Ly, n, w]
             d = (cw[..., x1] - cw[..., x0] * first.T).transpose(2, 3)  # [B, Ly, Lx, n]
             ok = ((gy + dy >= 0) & (gy + dy < hp))[:, None, None] & ok_x[None]
-            dists.append(d.masked_fill_(~ok[None], float("inf")))
-        dist = torch.cat(dists, -1).flatten(1, 2)  # [B, L, n*n]
+            dist[:, :, :, j] = d.masked_fill_(~ok[None], float("inf"))
+        dist = dist.view(b, -1, n * n)  # [B, L, n*n]
         dist[..., r * n + r] = -1.0  # the reference leads its group even where a flat patch ties with others
         best = dist.topk(k, dim=-1, largest=False, sorted=True).indices
         ry, rx = torch.meshgrid(gy, gx, indexing="ij")

@@ -29,7 +29,7 @@ class Task:
     param: str | int | None
     classical: Schedule  # with the built-in DCT prior
     trained: Schedule  # with a trained network (DPIR's schedules)
-    block_matching: bool = False  # one-shot tasks can afford the classical prior's grouped Wiener pass
+    block_matching: bool = False  # one-shot tasks can afford the classical prior's grouped (BM3D) steps
 
 
 _DPIR_START = 49 / 255
