@@ -119,7 +119,7 @@ class LiTRestorationSampler:
                                fix="connect a CLIP Text Encode (an empty prompt is fine) to 'conditioning'.")
             denoiser = DiffusionDenoiser(model, vae, conditioning)
         else:
-            # one-shot denoising can afford BM3D's grouped Wiener pass; iterative tasks call the prior many times
+            # one-shot denoising can afford BM3D's grouped steps; iterative tasks call the prior many times
             denoiser = DCTDenoiser(block_matching=task(degradation).block_matching)
         n_steps = steps if steps > 0 else schedule_for(op, denoiser.trained).steps
         if lit_model is not None and guidance > 0:

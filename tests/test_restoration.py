@@ -44,7 +44,7 @@ def test_denoise_sigma25_gains_8db(photos):
     gain = psnr(out, photos) - psnr(y, photos)
     assert (gain > 8.0).all(), gain  # measured ~ +10.2 / +12.8 dB
     plain = restore(D.Denoise(y, 25 / 255), DN.DCTDenoiser())
-    assert (psnr(out, photos) > psnr(plain, photos)).all()  # the block-matching pass helps
+    assert (psnr(out, photos) > psnr(plain, photos)).all()  # the grouped steps beat the sliding ones
 
 
 def test_denoise_with_estimated_sigma(photos):
@@ -367,6 +367,55 @@ def test_dct_denoiser_beats_input_on_every_sigma(photos):
     for s in (5, 15, 50):
         y = D.add_noise(photos, s / 255, generator=_gen(s))
         assert (psnr(DN.DCTDenoiser()(y, s / 255), photos) > psnr(y, photos) + 2).all()
+
+
+@pytest.mark.filterwarnings("ignore:Level value:UserWarning")  # pywt warns about full depth on 8 samples
+def test_block_matching_transforms():
+    h = DN.haar_matrix(32)
+    assert torch.allclose(h @ h.T, torch.eye(32), atol=1e-5)
+    a = DN.bior15_matrix(8)
+    assert torch.allclose(a.norm(dim=1), torch.ones(8), atol=1e-5)  # thresholds in units of sigma
+    assert torch.linalg.matrix_rank(a) == 8
+    pywt = pytest.importorskip("pywt")
+    ref = np.stack([np.concatenate(pywt.wavedec(np.eye(8)[i], "bior1.5", mode="periodization", level=3))
+                    for i in range(8)], 1)
+    ref = torch.from_numpy(ref / np.linalg.norm(ref, axis=1, keepdims=True)).float()
+    assert torch.allclose(a, ref, atol=1e-5)
+
+
+def test_block_matching_wiener_profile_follows_sigma(photos, monkeypatch):
+    from comfyui_lit.models.restoration.spec import BLOCK_MATCHING
+
+    seen = []
+    grouped = DN.DCTDenoiser._grouped
+
+    def spy(self, v, lum, sigma, pilot, g, **kw):
+        seen.append((pilot is None, g))
+        return grouped(self, v, lum, sigma, pilot, g, **kw)
+
+    monkeypatch.setattr(DN.DCTDenoiser, "_grouped", spy)
+    den = DN.DCTDenoiser(block_matching=True)
+    y = photos[:1, :, :24, :24]
+    cut = BLOCK_MATCHING.high_sigma
+    for sigma, wiener in ((cut * 0.6, BLOCK_MATCHING.wiener), (cut * 1.25, BLOCK_MATCHING.wiener_high)):
+        seen.clear()
+        den(y, sigma)
+        assert seen == [(True, BLOCK_MATCHING.hard), (False, wiener)], sigma
+    assert BLOCK_MATCHING.wiener != BLOCK_MATCHING.wiener_high
+
+
+def test_block_matching_on_small_grey_and_tiled_images(photos):
+    den = DN.DCTDenoiser(block_matching=True)
+    for size in (1, 3, 5, 9, 21):  # below one patch the sliding stages take over; above, fewer candidates
+        y = D.add_noise(photos[:1, :, :size, :size], 25 / 255, generator=_gen(size))
+        out = den(y, 25 / 255)
+        assert out.shape == y.shape and bool(torch.isfinite(out).all()), size
+    grey = photos[:1].mean(1, keepdim=True)
+    y = D.add_noise(grey, 25 / 255, generator=_gen(3))
+    assert psnr(den(y, 25 / 255), grey) > psnr(y, grey) + 6
+    y = D.add_noise(photos[:1], 15 / 255, generator=_gen(4))
+    whole = den(y, 15 / 255)
+    assert psnr(DN.DCTDenoiser(block_matching=True, tile=48)(y, 15 / 255), whole) > 38
 
 
 def test_schedule_is_geometric_and_strength_lowers_start():

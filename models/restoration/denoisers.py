@@ -4,7 +4,8 @@
 
 * :class:`DCTDenoiser`: built in, no weights. Sliding-window 8x8 DCT shrinkage in an orthonormal opponent colour
   space, hard thresholding then an empirical Wiener pass guided by the first estimate (the two stages of BM3D,
-  without the block matching), vectorised with ``unfold``/``fold`` on the image's device.
+  without the block matching), vectorised with ``unfold``/``fold`` on the image's device; with ``block_matching``,
+  BM3D's two grouped steps instead (one-shot denoising).
 * :class:`DiffusionDenoiser`: a ComfyUI diffusion ``MODEL`` (+ ``VAE``) used as an x0 predictor, by duck typing.
 * :class:`~.priors.NetworkPrior`: a trained denoiser (FFDNet, or a spandrel network such as DRUNet), in priors.py.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -21,6 +23,7 @@ from torch import Tensor
 
 from ..common.errors import LitError
 from .dct import dct_matrix
+from .spec import BLOCK_MATCHING, BlockMatching, GroupedPass
 from .tiling import tiled
 
 
@@ -59,21 +62,77 @@ def _dct2_basis(p: int) -> Tensor:
     return torch.kron(d, d)  # acts on row-major flattened p x p patches
 
 
+# bior1.5 analysis filters (low, high), as PyWavelets lists them: BM3D's transform for its hard-threshold step
+_BIOR15_LO = (0.016572815184059706, -0.016572815184059706, -0.12153397801643785, 0.12153397801643785,
+              0.7071067811865476, 0.7071067811865476, 0.12153397801643785, -0.12153397801643785,
+              -0.016572815184059706, 0.016572815184059706)
+_BIOR15_HI = (0.0, 0.0, 0.0, 0.0, -0.7071067811865476, 0.7071067811865476, 0.0, 0.0, 0.0, 0.0)
+
+
+def bior15_matrix(n: int = 8) -> Tensor:
+    """``A [n, n]``: the full-depth periodised bior1.5 wavelet decomposition of ``n`` (a power of two) samples,
+    coefficients in PyWavelets' ``wavedec`` order, each row scaled to unit norm so a threshold in units of sigma
+    means the same for every coefficient (the transform is not orthogonal: invert with ``A^-1``)."""
+    a = torch.eye(n, dtype=torch.float64)
+    m = n
+    while m > 1:
+        level = torch.eye(n, dtype=torch.float64)
+        level[:m, :m] = 0
+        for k in range(m // 2):
+            for j, (lo, hi) in enumerate(zip(_BIOR15_LO, _BIOR15_HI, strict=True)):
+                i = (2 * k + 5 - j) % m  # the phase of PyWavelets' periodization mode
+                level[k, i] += lo
+                level[m // 2 + k, i] += hi
+        a = level @ a
+        m //= 2
+    return (a / a.norm(dim=1, keepdim=True)).float()
+
+
+@lru_cache(maxsize=8)
+def haar_matrix(n: int) -> Tensor:
+    """The orthonormal Haar transform of ``n`` (a power of two) samples, BM3D's transform along a group."""
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < n:
+        m = h.shape[0]
+        h = torch.cat([torch.kron(h, torch.tensor([[1.0, 1.0]], dtype=torch.float64)),
+                       torch.kron(torch.eye(m, dtype=torch.float64), torch.tensor([[1.0, -1.0]],
+                                                                                  dtype=torch.float64))])
+    return (h / h.norm(dim=1, keepdim=True)).float()
+
+
+@lru_cache(maxsize=8)
+def _transforms(p: int, transform: str, kaiser: float) -> tuple[Tensor, Tensor, Tensor]:
+    """A grouped step's 2-D analysis matrix, its synthesis matrix and the flattened Kaiser window, built once
+    (rebuilding them, the inverse above all, was a tenth of a call on an 80 px image)."""
+    if transform == "bior1.5" and p & (p - 1) == 0:
+        a = torch.kron(bior15_matrix(p), bior15_matrix(p))
+        syn = torch.linalg.inv(a)
+    else:  # the DCT (also BM3D's stand-in where bior1.5 has no full depth)
+        a = _dct2_basis(p)
+        syn = a.T.contiguous()
+    win = torch.kaiser_window(p, periodic=False, beta=kaiser)
+    return a, syn, torch.outer(win, win).flatten()
+
+
+def _grid(n: int, step: int, device: torch.device) -> Tensor:
+    g = torch.arange(0, n, step, device=device)
+    return g if g[-1] == n - 1 else torch.cat([g, g.new_tensor([n - 1])])  # the last patch is a reference too
+
+
 class DCTDenoiser(Denoiser):
     """Two-stage sliding-DCT denoiser (hard threshold, then Wiener with the first pass as pilot).
 
     ``threshold`` is in units of sigma (2.7 as in BM3D); ``stride`` 1 is the best quality, larger strides trade
     quality for speed on big images; ``tile`` bounds memory (pixels per side of each processed tile).
-    ``block_matching`` adds BM3D's grouped Wiener pass on top (``group`` most similar patches within +-``search``
-    px of every ``ref_stride``-th patch): +0.1 to +0.45 dB at sigma 25 for about 3x the time, so the sampler turns
-    it on for one-shot denoising only.
+    ``block_matching`` replaces the two sliding stages by BM3D's two grouped steps (``profile``, the spec's
+    ``BLOCK_MATCHING``): about CBM3D's quality for a fraction of its time, but still slower than the sliding stages,
+    so the sampler turns it on for one-shot denoising only.
     """
 
     def __init__(self, patch: int = 8, stride: int = 1, threshold: float = 2.7, wiener: bool = True,
-                 tile: int = 256, block_matching: bool = False, group: int = 16, search: int = 7,
-                 ref_stride: int = 3) -> None:
+                 tile: int = 256, block_matching: bool = False, profile: BlockMatching = BLOCK_MATCHING) -> None:
         self.patch, self.stride, self.threshold, self.wiener, self.tile = patch, stride, threshold, wiener, tile
-        self.block_matching, self.group, self.search, self.ref_stride = block_matching, group, search, ref_stride
+        self.block_matching, self.profile = block_matching, profile
         self._basis: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     def _k(self, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -97,22 +156,30 @@ class DCTDenoiser(Denoiser):
     def _denoise(self, x: Tensor, sigma: float) -> Tensor:
         c = x.shape[1]
         opp = _OPPONENT.to(x.device) if c == 3 else torch.eye(c, device=x.device)
-        v = torch.einsum("ij,bjhw->bihw", opp, x).reshape(-1, 1, *x.shape[-2:])
-        p = self.patch
-        # reflect padding so border pixels get as many patch estimates as interior ones
-        pad = p - 1
-        mode = "reflect" if pad < min(v.shape[-2:]) else "replicate"
-        vp = F.pad(v, (pad, pad, pad, pad), mode=mode)
-        h, w = vp.shape[-2:]
-        eh, ew = (-(h - p)) % self.stride, (-(w - p)) % self.stride
-        vp = F.pad(vp, (0, ew, 0, eh), mode="replicate")
-        est = self._stage(vp, sigma, None)
-        if self.wiener:
-            est = self._stage(vp, sigma, est)
-            if self.block_matching:
-                est = self._bm_wiener(vp.reshape(x.shape[0], c, *vp.shape[-2:]),
-                                      est.reshape(x.shape[0], c, *vp.shape[-2:]), sigma).reshape(est.shape)
-        est = est[..., pad:pad + x.shape[-2], pad:pad + x.shape[-1]].reshape(x.shape)
+        v = torch.einsum("ij,bjhw->bihw", opp, x)
+        prof = self.profile
+        wiener = prof.wiener_high if sigma > prof.high_sigma else prof.wiener
+        size = max(prof.hard.patch, wiener.patch)
+        if self.block_matching and self.wiener and min(x.shape[-2:]) + 2 * prof.pad >= size:
+            pad = prof.pad
+            mode = "reflect" if pad < min(v.shape[-2:]) else "replicate"
+            vp = F.pad(v, (pad, pad, pad, pad), mode=mode)
+            basic = self._grouped(vp, vp[:, :1], sigma, None, prof.hard)
+            est = self._grouped(vp, basic[:, :1], sigma, basic, wiener)
+        else:
+            p = self.patch
+            # reflect padding so border pixels get as many patch estimates as interior ones
+            pad = p - 1
+            mode = "reflect" if pad < min(v.shape[-2:]) else "replicate"
+            vp = F.pad(v.reshape(-1, 1, *x.shape[-2:]), (pad, pad, pad, pad), mode=mode)
+            h, w = vp.shape[-2:]
+            eh, ew = (-(h - p)) % self.stride, (-(w - p)) % self.stride
+            vp = F.pad(vp, (0, ew, 0, eh), mode="replicate")
+            est = self._stage(vp, sigma, None)
+            if self.wiener:
+                est = self._stage(vp, sigma, est)
+            est = est.reshape(x.shape[0], c, *vp.shape[-2:])
+        est = est[..., pad:pad + x.shape[-2], pad:pad + x.shape[-1]]
         return torch.einsum("ji,bjhw->bihw", opp, est)  # the opponent matrix is orthonormal: inverse = transpose
 
     def _stage(self, v: Tensor, sigma: float, pilot: Tensor | None) -> Tensor:
@@ -134,68 +201,82 @@ class DCTDenoiser(Denoiser):
         den = F.fold(weight.expand(-1, p * p, -1).contiguous(), size, p, stride=self.stride)
         return num / den.clamp_min(1e-12)
 
+    @staticmethod
+    def _match(lum: Tensor, gy: Tensor, gx: Tensor, p: int, r: int, k: int) -> tuple[Tensor, Tensor]:
+        """The ``k`` patches of ``lum [B,1,H,W]`` nearest (squared distance) to each reference patch on the grid
+        ``gy x gx`` within +-``r`` px: their origins ``(y, x)``, each ``[B, L, k]``, the reference itself first."""
+        b, _, h, w = lum.shape
+        hp, wp, n = h - p + 1, w - p + 1, 2 * r + 1
+        shift = torch.arange(-r, r + 1, device=lum.device)
+        ok_x = ((gx[:, None] + shift) >= 0) & ((gx[:, None] + shift) < wp)  # [Lx, n]
+        lp = F.pad(lum, (r, r, r, r), mode="replicate")  # the padded values are never used
+        # box sums by cumulative sums taken only at the reference rows and columns (3-4x less CPU than a box filter
+        # over every pixel), written into reused buffers: fresh large tensors per row shift cost page faults
+        diff = lum.new_empty(b, h, n, w)
+        cs = lum.new_zeros(b, h + 1, n, w)
+        x1, x0 = gx + p - 1, (gx - 1).clamp_min(0)
+        first = (gx > 0).to(lum.dtype)[:, None]  # the column before the image sums to 0
+        dist = lum.new_empty(b, len(gy), len(gx), n, n)  # written in place: a list and a cat held it twice
+        for j, dy in enumerate(range(-r, r + 1)):
+            rows = lp[:, 0, r + dy:r + dy + h].unfold(-1, w, 1)  # [B, h, n, w]: all column shifts of this row shift
+            torch.sub(lum[:, 0, :, None, :], rows, out=diff).square_()
+            torch.cumsum(diff, 1, out=cs[:, 1:])
+            cw = (cs[:, gy + p] - cs[:, gy]).cumsum_(-1)  # [B, Ly, n, w]
+            d = (cw[..., x1] - cw[..., x0] * first.T).transpose(2, 3)  # [B, Ly, Lx, n]
+            ok = ((gy + dy >= 0) & (gy + dy < hp))[:, None, None] & ok_x[None]
+            dist[:, :, :, j] = d.masked_fill_(~ok[None], float("inf"))
+        dist = dist.view(b, -1, n * n)  # [B, L, n*n]
+        dist[..., r * n + r] = -1.0  # the reference leads its group even where a flat patch ties with others
+        best = dist.topk(k, dim=-1, largest=False, sorted=True).indices
+        ry, rx = torch.meshgrid(gy, gx, indexing="ij")
+        return ry.flatten()[None, :, None] + best // n - r, rx.flatten()[None, :, None] + best % n - r
 
-    def _bm_wiener(self, v: Tensor, pilot: Tensor, sigma: float) -> Tensor:
-        """BM3D's second stage: group similar patches of the pilot, Wiener-shrink each group in a 3-D DCT.
+    def _grouped(self, v: Tensor, lum: Tensor, sigma: float, pilot: Tensor | None, g: GroupedPass,
+                 chunk: int = 256) -> Tensor:
+        """One BM3D step on ``v [B,C,H,W]`` (opponent channels) with groups matched on ``lum``: hard thresholding
+        without a ``pilot``, else Wiener shrinkage by the pilot's spectrum, in ``g``'s 2-D transform x Haar.
 
-        ``v``/``pilot``: ``[B, C, H, W]`` (opponent channels); matching uses the pilot's first (luma) channel.
+        Aggregation runs in the 2-D transform domain (the inverse 2-D transform and the Kaiser window are linear
+        and per position, so they are applied once per patch position, not once per group member): 3x less CPU.
         """
         b, c, h, w = v.shape
-        p, r, k = self.patch, self.search, self.group
-        hp, wp = h - p + 1, w - p + 1  # valid patch origins
-        ref_y = torch.arange(0, hp, self.ref_stride, device=v.device)
-        ref_x = torch.arange(0, wp, self.ref_stride, device=v.device)
-        if ref_y[-1] != hp - 1:
-            ref_y = torch.cat([ref_y, ref_y.new_tensor([hp - 1])])
-        if ref_x[-1] != wp - 1:
-            ref_x = torch.cat([ref_x, ref_x.new_tensor([wp - 1])])
-        ry, rx = torch.meshgrid(ref_y, ref_x, indexing="ij")
-        ry, rx = ry.flatten(), rx.flatten()
-        lum = pilot[:, :1]
-        offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
-        # Patch distances for one row of offsets (all dx of one dy) per pass: the shifted copies are a strided
-        # view of the padded pilot and one box filter sums them (15 passes instead of 225 convolutions: the same
-        # output for 14% less CPU time, measured 2026-12-02). The padded values are never used.
-        lp = F.pad(lum, (r, r, r, r), mode="replicate")
-        tx = rx[:, None] + torch.arange(-r, r + 1, device=v.device)[None]
-        ok_x = (tx >= 0) & (tx < wp)  # [L, 2r+1]
-        dists = []
-        for dy in range(-r, r + 1):
-            rows = lp[:, 0, r + dy:r + dy + h].unfold(-1, w, 1)  # [B, h, 2r+1, w]: column shift dx = j - r
-            diff = (lum[:, 0, :, None, :] - rows).pow_(2).permute(0, 2, 1, 3)  # [B, 2r+1, h, w]
-            d = F.avg_pool2d(diff, p, stride=1)[:, :, ry, rx] * (p * p)  # [B, 2r+1, L]
-            ty = ry + dy
-            ok = ((ty >= 0) & (ty < hp))[:, None] & ok_x  # [L, 2r+1]
-            dists.append(torch.where(ok.T[None], d, torch.full_like(d, float("inf"))))
-        dist = torch.cat(dists, 1).transpose(1, 2)  # [B, L, n_offsets], offsets in the order of `offsets`
-        best = dist.topk(min(k, len(offsets)), dim=-1, largest=False).indices  # [B, L, K]
-        off = torch.tensor(offsets, device=v.device)
-        my = ry[None, :, None] + off[best][..., 0]
-        mx = rx[None, :, None] + off[best][..., 1]
+        p, dev = g.patch, v.device
+        hp, wp = h - p + 1, w - p + 1
+        reach = min(hp, g.search + 1) * min(wp, g.search + 1)  # the fewest candidates any reference has
+        kk = 2 ** int(math.log2(min(g.group, reach)))
+        gy, gx = _grid(hp, g.stride, dev), _grid(wp, g.stride, dev)
+        my, mx = self._match(lum, gy, gx, p, g.search, kk)
         flat = my * wp + mx  # [B, L, K] patch index in the unfold order
-        k2 = self._k(v.device, v.dtype)
-        kg = dct_matrix(best.shape[-1]).to(v.device, v.dtype)
-        out = torch.zeros_like(v)
-        acc = torch.zeros(b, 1, h * w, device=v.device, dtype=v.dtype)
-        py, px = torch.meshgrid(torch.arange(p, device=v.device), torch.arange(p, device=v.device), indexing="ij")
-        pix = (my[..., None] + py.flatten()) * w + (mx[..., None] + px.flatten())  # [B, L, K, p*p]
+        a, syn, win = (t.to(dev) for t in _transforms(p, g.transform, g.kaiser))
+        kg = haar_matrix(kk).to(dev)
+        thr, noise = self.profile.threshold * sigma, self.profile.mu2 * sigma ** 2
+        out = torch.empty_like(v)
         for i in range(b):
-            noisy = F.unfold(v[i][:, None], p)  # [C, p*p, hp*wp]
-            ref = F.unfold(pilot[i][:, None], p)
-            gn = noisy[:, :, flat[i]].permute(0, 2, 3, 1)  # [C, L, K, p*p]
-            gp = ref[:, :, flat[i]].permute(0, 2, 3, 1)
-            tn = kg @ (gn @ k2.T)  # 2-D DCT on patches, 1-D DCT along the group
-            tp = kg @ (gp @ k2.T)
-            shrink = tp ** 2 / (tp ** 2 + sigma ** 2)
-            wgt = 1.0 / (shrink ** 2).sum(dim=(0, 2, 3)).clamp_min(1e-3)  # [L], shared by the colour channels
-            est = kg.T @ (tn * shrink) @ k2  # back to patches [C, L, K, p*p]
-            idx = pix[i].flatten()
-            vals = (est * wgt[None, :, None, None]).reshape(c, -1)
-            out[i].view(c, -1).index_add_(1, idx, vals)
-            acc[i].view(1, -1).index_add_(1, idx, wgt[:, None, None].expand(-1, best.shape[-1], p * p).reshape(1, -1))
-        covered = acc > 0
-        res = torch.where(covered.view(b, 1, h, w), out / acc.clamp_min(1e-12).view(b, 1, h, w), pilot)
-        return res
+            coef = (a @ F.unfold(v[i][:, None], p)).transpose(1, 2)  # [C, N, p*p], N = hp*wp
+            ref = None if pilot is None else (a @ F.unfold(pilot[i][:, None], p)).transpose(1, 2)
+            acc = torch.zeros_like(coef)
+            wsum = torch.zeros(c, hp * wp, device=dev)
+            for lo in range(0, flat.shape[1], chunk):  # small blocks stay in cache: 1.3x faster than 1024 at once
+                fl = flat[i, lo:lo + chunk]
+                t = kg @ coef[:, fl]  # [C, L, K, p*p]; in place from here: fresh large buffers cost page faults
+                if ref is None:
+                    keep = t.abs() > thr
+                    keep[..., 0, 0] = True  # the group mean is never thresholded
+                    t.mul_(keep)
+                    wgt = keep.sum(dim=(2, 3), dtype=t.dtype).reciprocal_()  # [C, L]: per channel, as CBM3D
+                else:
+                    shrink = (kg @ ref[:, fl]).square_()
+                    shrink.div_(shrink + noise)
+                    t.mul_(shrink)
+                    wgt = shrink.square_().sum(dim=(2, 3)).clamp_min_(1e-3).reciprocal_()
+                idx = fl.flatten()
+                t.mul_(wgt[:, :, None, None])
+                acc.index_add_(1, idx, (kg.T @ t).reshape(c, -1, p * p))
+                wsum.index_add_(1, idx, wgt[:, :, None].expand(-1, -1, kk).reshape(c, -1))
+            num = F.fold(((acc @ syn.T) * win).transpose(1, 2), (h, w), p)
+            den = F.fold(wsum[:, None, :] * win[None, :, None], (h, w), p)
+            out[i] = (num / den.clamp_min(1e-12))[:, 0]  # every pixel lies in a reference patch of the grid
+        return out
 
 
 # ----------------------------------------------------------------------------------------------- diffusion

@@ -5,7 +5,7 @@ and the benchmark read this file, so a task or a default changed here changes ev
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,53 @@ class Task:
     param: str | int | None
     classical: Schedule  # with the built-in DCT prior
     trained: Schedule  # with a trained network (DPIR's schedules)
-    block_matching: bool = False  # one-shot tasks can afford the classical prior's grouped Wiener pass
+    block_matching: bool = False  # one-shot tasks can afford the classical prior's grouped (BM3D) steps
 
 
 _DPIR_START = 49 / 255
+
+
+@dataclass(frozen=True)
+class GroupedPass:
+    """One grouped (BM3D-style) pass of the classical prior: ``patch`` px square patches, the ``group`` most similar
+    (a power of two, for the Haar transform along the group) within +-``search`` px of every ``stride``-th
+    reference patch, in the 2-D ``transform`` ("bior1.5" or "dct") x Haar, aggregated under a Kaiser window of
+    shape ``kaiser``."""
+
+    patch: int
+    group: int
+    search: int
+    stride: int
+    kaiser: float
+    transform: str
+
+
+@dataclass(frozen=True)
+class BlockMatching:
+    """The classical prior's one-shot profile: BM3D's two steps (grouped hard thresholding at ``threshold`` sigma,
+    then a grouped Wiener pass guided by it, noise power scaled by ``mu2``; ``wiener_high`` above ``high_sigma``,
+    as BM3D has its own profile there) on the image reflect-padded by ``pad`` px."""
+
+    hard: GroupedPass
+    wiener: GroupedPass
+    wiener_high: GroupedPass
+    high_sigma: float
+    threshold: float
+    mu2: float
+    pad: int
+
+
+# Chosen on CBSD68 images the benchmark does not use (indices 5, 17, 40, 61, 80 px crops; 2026-12-02, see
+# bench/README.md): BM3D's search window (39 px; 31 for the Wiener step: -0.002 dB, 0.6x its matching time) and
+# Wiener group (32) with the white-noise threshold and Wiener scaling of the bm3d 4 library (3.0, 0.6 of its 0.4
+# here); hard-threshold references every 2 px with BM3D's 16 patches (vs every 3 px with 32: +0.00 / +0.00 /
+# +0.03 dB for ~1.1x the time of that step) and a 2 px pad rather than a full patch (+0.05 to +0.15 dB: mirrored
+# noise in a wider pad forms false matches). Above BM3D's sigma 40 the Wiener step works in bior1.5 too (+0.03 dB
+# at sigma 50, but -0.07 at 15 and -0.03 at 25).
+_HARD = GroupedPass(patch=8, group=16, search=19, stride=2, kaiser=2.0, transform="bior1.5")
+_WIENER = GroupedPass(patch=8, group=64, search=15, stride=4, kaiser=2.0, transform="dct")
+BLOCK_MATCHING = BlockMatching(hard=_HARD, wiener=_WIENER, wiener_high=replace(_WIENER, transform="bior1.5"),
+                               high_sigma=40 / 255, threshold=3.0, mu2=0.6, pad=2)
 
 # Classical schedules: DPIR's 49/255 start and lambda 0.23 where they help, tuned on skimage photos for the rest
 # (a classical prior cannot restore what a high first sigma wipes out: upscale and JPEG start low, few steps).
