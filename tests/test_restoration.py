@@ -363,6 +363,18 @@ def test_tiling_matches_whole_image(photos):
     assert psnr(den_tiled(y, 15 / 255), whole) > 38
 
 
+@pytest.mark.parametrize("size", [200, 256, 257, 321, 481, 1000, 4000])
+def test_tiles_cover_the_image_with_the_overlap_and_little_repeated_work(size):
+    from comfyui_lit.models.restoration.tiling import _spans
+
+    starts, length = _spans(size, 256, 16)
+    assert starts[0] == 0 and starts[-1] + length == size and length <= 256
+    assert all(a + length - b >= 16 for a, b in zip(starts, starts[1:], strict=False))  # neighbours share
+    # the fewest tiles that can do it, so the pixels processed stay close to the image's own
+    assert len(starts) == (1 if size <= 256 else math.ceil((size - 16) / 240))
+    assert len(starts) * length < size + (len(starts) - 1) * 16 + len(starts)  # only the overlaps repeat
+
+
 def test_dct_denoiser_beats_input_on_every_sigma(photos):
     for s in (5, 15, 50):
         y = D.add_noise(photos, s / 255, generator=_gen(s))

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 
-def _starts(size: int, tile: int, step: int) -> list[int]:
+def _spans(size: int, tile: int, overlap: int) -> tuple[list[int], int]:
+    """Starts and length of the fewest tiles of at most ``tile`` px that cover ``size`` with ``overlap`` px shared,
+    all of one length. Full-size tiles with the last one pushed back to the edge would repeat most of it: 481 px in
+    256 px tiles is 2 x 256 that way and 2 x 249 here (a 481x321 photo: 1.7x its pixels processed, now 1.1x)."""
     if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, step))
-    starts.append(size - tile)
-    return starts
+        return [0], size
+    n = math.ceil((size - overlap) / (tile - overlap))
+    length = math.ceil((size + (n - 1) * overlap) / n)  # <= tile, and neighbours share >= overlap px
+    return [round(i * (size - length) / (n - 1)) for i in range(n)], length
 
 
 def _window(n: int, overlap: int, device: torch.device) -> Tensor:
@@ -33,12 +37,12 @@ def tiled(fn: Callable[[Tensor], Tensor], x: Tensor, tile: int = 256, overlap: i
     if h <= tile and w <= tile:
         return fn(x)
     overlap = min(overlap, tile // 4)
-    step = tile - overlap
     out = torch.zeros_like(x)
     weight = torch.zeros(1, 1, h, w, device=x.device, dtype=x.dtype)
-    for top in _starts(h, tile, step):
-        for left in _starts(w, tile, step):
-            th, tw = min(tile, h), min(tile, w)
+    tops, th = _spans(h, tile, overlap)
+    lefts, tw = _spans(w, tile, overlap)
+    for top in tops:
+        for left in lefts:
             patch = fn(x[..., top:top + th, left:left + tw])
             win = (_window(th, overlap if h > tile else 0, x.device)[:, None]
                    * _window(tw, overlap if w > tile else 0, x.device)[None, :]).to(x.dtype)
