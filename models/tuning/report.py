@@ -62,8 +62,8 @@ def format_report(model, result, prep) -> str:
         else:
             kept = f"the last state, step {result.steps_done}"
         lines.append(f"Kept: {kept}.")
-        if result.interrupted and getattr(result, "refit", "") == "" and "refit" in result.stopped:
-            lines.append("The refit on every image was stopped: the best validated state is kept.")
+        if result.interrupted and result.stopped not in ("", "interrupted"):  # a stop with its own reason
+            lines.append(f"{result.stopped}.")
     else:
         lines.append("No validation set (dataset too small or val_fraction 0): the last state is kept.")
     return "\n".join(lines)

@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -350,19 +350,14 @@ def train_locked(model: LitModel, dataset: CaptionedDataset, config: TrainConfig
     cfg = _resolve(config, model)
     if cfg.keep != "refit":
         return _train(model, dataset, cfg, cache_dir, callback, should_stop, interrupt_exceptions, embed_progress,
-                      on_start)
+                      on_start)[0]
     start_state = model.trainable_state_dict()  # the refit starts where the validated run started
-    preps: list[Prepared] = []
-    result = _train(model, dataset, _replace(cfg, keep="best"), cache_dir, callback, should_stop,
-                    interrupt_exceptions, embed_progress, on_start, preps)
+    result, prep = _train(model, dataset, replace(cfg, keep="best"), cache_dir, callback, should_stop,
+                          interrupt_exceptions, embed_progress, on_start)
     if result.kept != "best" or result.interrupted or not result.closed_form:
         return result  # no validation (nothing was chosen) or stopped by the user: keep what the run kept
-    return _refit(model, dataset, cfg, result, preps[0], start_state, cache_dir, should_stop, interrupt_exceptions,
+    return _refit(model, dataset, cfg, result, prep, start_state, cache_dir, should_stop, interrupt_exceptions,
                   on_refit)
-
-
-def _replace(cfg: TrainConfig, **changes) -> TrainConfig:
-    return TrainConfig(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, **changes})
 
 
 def _refit(model: LitModel, dataset: CaptionedDataset, cfg: TrainConfig, result: TrainResult, prep: Prepared,
@@ -373,14 +368,14 @@ def _refit(model: LitModel, dataset: CaptionedDataset, cfg: TrainConfig, result:
     On 600 Flickr8k photos this lifted held-out mean R@5 from 0.150 to 0.168 and zero-shot from 22% to 28%
     (bench/lit_quality.py): the validation share is 15% of the data, and the baselines are refitted on all of it."""
     steps = result.best_step
-    again = _replace(cfg, keep="last", val_fraction=0.0, whiten=int(result.closed_form["whiten"]),
+    again = replace(cfg, keep="last", val_fraction=0.0, whiten=int(result.closed_form["whiten"]),
                      ridge_alpha=float(result.closed_form["ridge_alpha"]), steps=steps,
                      warmup_steps=max(1, steps // 20), patience=0, checkpoint_every=0, resume=False)
     best_state, info = result.best_state, dict(model.training_info)
     model.load_trainable_state_dict(start_state)
     step_hook = (lambda step, total, metrics: on_refit(step, total)) if on_refit is not None else None
     try:
-        second = _train(model, dataset, again, cache_dir, step_hook, should_stop, interrupt_exceptions, None, None)
+        second, _ = _train(model, dataset, again, cache_dir, step_hook, should_stop, interrupt_exceptions, None, None)
     except TrainingDiverged as err:
         second = err.result
         second.interrupted, second.stopped = True, str(err)
@@ -391,7 +386,8 @@ def _refit(model: LitModel, dataset: CaptionedDataset, cfg: TrainConfig, result:
         model.load_trainable_state_dict(best_state)
         model.training_info = info
         result.interrupted = True
-        result.stopped = "interrupted during the refit on all images: the best validated state is kept"
+        result.stopped = (f"The refit on every image was stopped ({second.stopped or 'interrupted'}): the best "
+                          "validated state is kept")
         result.report = format_report(model, result, prep)
         return result
     result.kept, result.best_state = "refit", model.trainable_state_dict()
@@ -406,18 +402,15 @@ def _refit(model: LitModel, dataset: CaptionedDataset, cfg: TrainConfig, result:
 
 
 def _train(model: LitModel, dataset: CaptionedDataset, cfg: TrainConfig, cache_dir: str | None, callback,
-           should_stop, interrupt_exceptions, embed_progress, on_start,
-           preps: list[Prepared] | None = None) -> TrainResult:
-    """One run with validation, early stopping and the kept state of ``cfg.keep`` (best or last); its prepared
-    data is appended to ``preps`` when given (the refit's report describes the validated run's split)."""
+           should_stop, interrupt_exceptions, embed_progress, on_start) -> tuple[TrainResult, Prepared]:
+    """One run with validation, early stopping and the kept state of ``cfg.keep`` (best or last), and its prepared
+    data (the refit's report describes the validated run's split)."""
     t_start, device = time.perf_counter(), model.text_tower.device
     world, rank = dist_.world_size(), dist_.rank()
 
     # -- data and the closed-form start ----------------------------------------------------------------------
     prep = prepare(model, dataset, val_fraction=cfg.val_fraction, seed=cfg.seed, cached=cfg.cache_embeddings,
                    cache_dir=cache_dir, embed_batch_size=cfg.embed_batch_size, embed_progress=embed_progress)
-    if preps is not None:
-        preps.append(prep)
     if len(prep.train) < 2 * world:
         raise LitError(f"{len(prep.train)} training images for {world} processes.", input_name="dataset",
                        fix="use fewer processes or more data (at least 2 images per process).")
@@ -494,7 +487,7 @@ def _train(model: LitModel, dataset: CaptionedDataset, cfg: TrainConfig, cache_d
             result.interrupted = True
     result.pairs_per_second = pairs / step_s if step_s > 0 else 0.0
     _finish(model, run, cfg, prep, t_start)
-    return result
+    return result, prep
 
 
 def _resolve(config: TrainConfig | None, model: LitModel) -> TrainConfig:
