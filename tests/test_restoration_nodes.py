@@ -143,3 +143,6 @@ def test_node_and_cli_inputs_come_from_the_spec():
     # schedules are keyed by task name: each upscale factor ends at its own level, as DPIR's SR does
     assert schedule("upscale x2", True).sigma_min == 2 / 255 and schedule("upscale x4", True).sigma_min == 4 / 255
     assert schedule_for(D.Upscale(torch.rand(1, 3, 16, 16), 4), True) == schedule("upscale x4", True)
+    # x4 with a trained prior starts higher than DPIR's 49/255 (measured); x2 and the classical schedules do not
+    assert schedule("upscale x4", True).sigma_max == 120 / 255 and schedule("upscale x2", True).sigma_max == 49 / 255
+    assert schedule("upscale x4", False) == schedule("upscale x2", False)
