@@ -78,7 +78,7 @@ class Bench:
         order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed)).tolist()
         self.train = ds.subset(sorted(order[:args.train]))
         self.test = ds.subset(sorted(order[args.train:]))
-        self.image_tower, self.text_tower = load_image_tower(), load_text_tower()
+        self.image_tower, self.text_tower = load_image_tower(views=args.image_views), load_text_tower()
         self.cache_dir = args.cache
         cache = EmbeddingCache(self.image_tower, self.cache_dir)
         self.train_img, self.train = cache.embed_dataset(self.train)
@@ -217,6 +217,8 @@ def main() -> None:
     p.add_argument("--losses", default="softmax,sigmoid")
     p.add_argument("--steps", type=int, default=None, help="override every mode's default steps")
     p.add_argument("--text-layers", type=int, default=None, help="lora/full: the top layers trained (0: all)")
+    p.add_argument("--image-views", default="centre crop", choices=["centre crop", "whole photo"],
+                   help="what the locked tower sees of each photo, for every method (models/towers/spec.py)")
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "comfyui_lit_quality"))
     args = p.parse_args()
     import_torchvision_on_cpu_torch()
@@ -230,7 +232,8 @@ def main() -> None:
     bench.text_layers = spec.default("text_layers") if args.text_layers is None else args.text_layers
     print(f"data: {len(bench.train)} train / {len(bench.test)} held-out images ({args.data}); "
           f"zero-shot: {len(bench.zs_images)} held-out images in {len(bench.zs_names)} keyword classes "
-          f"({', '.join(bench.zs_names)}; chance {100 / len(bench.zs_names):.0f}%); setup {bench.setup_s:.0f}s")
+          f"({', '.join(bench.zs_names)}; chance {100 / len(bench.zs_names):.0f}%); setup {bench.setup_s:.0f}s; "
+          f"image views: {args.image_views}")
     rows = {"untrained (random head)": None}
     base = baselines(bench)
     runs = [(spec.DEFAULT_MODE, spec.DEFAULT_LOSS)] if args.quick else [

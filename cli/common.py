@@ -8,6 +8,7 @@ import os
 import torch
 
 from ..models.common.errors import LitError
+from ..models.towers.spec import DEFAULT_VIEWS, VIEWS, VIEWS_TOOLTIP
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -18,7 +19,8 @@ def towers(args: argparse.Namespace):
     from ..models.tuning.distributed import local_device
 
     device = local_device(device_name(args))
-    return (load_image_tower(args.image_encoder or None, device=device),
+    return (load_image_tower(args.image_encoder or None, device=device,
+                             views=getattr(args, "image_views", DEFAULT_VIEWS)),
             load_text_tower(args.text_encoder or None, device=device))
 
 
@@ -30,6 +32,7 @@ def add_tower_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-encoder", default="", help="HF folder or .safetensors (default: embedded MiniLM)")
     p.add_argument("--image-encoder", default="", help="HF folder or .safetensors (default: embedded "
                                                        "EfficientNet-Lite0)")
+    p.add_argument("--image-views", default=DEFAULT_VIEWS, choices=list(VIEWS), help=VIEWS_TOOLTIP)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.towers import spec as tower_spec
 from ..models.towers.image_tower import DEFAULT_IMAGE_NAME, load_image_tower, tower_from_comfy_clip_vision
 from ..models.towers.text_tower import DEFAULT_TEXT_NAME, load_text_tower
 from .host import (
@@ -20,6 +21,9 @@ EMBEDDED_TEXT = f"(embedded) {DEFAULT_TEXT_NAME}"
 EMBEDDED_IMAGE = f"(embedded) {DEFAULT_IMAGE_NAME}"
 DTYPE_CHOICES = ["auto", "fp32", "fp16", "bf16"]
 DEVICE_CHOICES = ["auto", "cpu"]
+# optional, so workflows saved before it load unchanged (centre crop)
+VIEWS_INPUT = {"views": (list(tower_spec.VIEWS), {"default": tower_spec.DEFAULT_VIEWS,
+                                                   "tooltip": tower_spec.VIEWS_TOOLTIP})}
 
 
 class LiTTextEncoderLoader:
@@ -81,15 +85,17 @@ class LiTImageEncoderLoader:
             "dtype": (DTYPE_CHOICES, {"default": "auto", "tooltip": "Weight precision. 'auto' is fp32 on the CPU "
                                                                     "and half precision on a GPU."}),
             "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "'auto' uses ComfyUI's device."}),
-        }}
+        }, "optional": VIEWS_INPUT}
 
     @with_node_errors(DISPLAY)
-    def load(self, image_encoder: str, dtype: str = "auto", device: str = "auto"):
+    def load(self, image_encoder: str, dtype: str = "auto", device: str = "auto",
+             views: str = tower_spec.DEFAULT_VIEWS):
         dev = resolve_device(device)
         path = None if image_encoder == EMBEDDED_IMAGE else resolve_model(
             "clip_vision", image_encoder, input_name="image_encoder", node=self.DISPLAY)
         with torch.inference_mode(False):  # guidance differentiates through the tower (see the text loader)
-            return (load_image_tower(path, device=dev, dtype=resolve_dtype(dtype, dev, trainable=False)),)
+            return (load_image_tower(path, device=dev, dtype=resolve_dtype(dtype, dev, trainable=False),
+                                     views=views),)
 
 
 class LiTImageEncoderFromCLIPVision:
@@ -107,11 +113,11 @@ class LiTImageEncoderFromCLIPVision:
         return {"required": {
             "clip_vision": ("CLIP_VISION", {"tooltip": "Output of ComfyUI's 'Load CLIP Vision' node."}),
             "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "'auto' uses ComfyUI's device."}),
-        }}
+        }, "optional": VIEWS_INPUT}
 
     @with_node_errors(DISPLAY)
-    def wrap(self, clip_vision, device: str = "auto"):
-        return (tower_from_comfy_clip_vision(clip_vision, device=resolve_device(device)),)
+    def wrap(self, clip_vision, device: str = "auto", views: str = tower_spec.DEFAULT_VIEWS):
+        return (tower_from_comfy_clip_vision(clip_vision, device=resolve_device(device)).set_views(views),)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -7,6 +7,7 @@ inputs raise LitError.
 
 from __future__ import annotations
 
+import copy
 import glob
 import io
 import os
@@ -163,6 +164,17 @@ def test_save_load_reproduces_logits_exactly(trained, tower, text_tower, tmp_pat
     assert "force" in err.value.fix
     forced = load_adapter(path, other, text_tower, force=True)
     assert torch.equal(forced.encode_text(texts), model.encode_text(texts))
+    # the head maps text onto the embeddings of the views it was trained on: other views are refused by name
+    whole = copy.deepcopy(tower).set_views("whole photo")
+    with pytest.raises(LitError, match="'centre crop' views") as err:
+        load_adapter(path, whole, text_tower, force=True)
+    assert "views to 'centre crop'" in err.value.fix
+    as_whole = copy.deepcopy(model)
+    as_whole.image_tower.set_views("whole photo")
+    whole_path = save_adapter(as_whole, str(tmp_path / "shapes_whole"))
+    assert load_adapter(whole_path, whole, text_tower).image_tower.views == "whole photo"
+    with pytest.raises(LitError, match="'whole photo' views"):
+        load_adapter(whole_path, tower, text_tower)
     with pytest.raises(LitError, match="not a LiT adapter"):
         demo_path = str(tmp_path / "plain.safetensors")
         from safetensors.torch import save_file

@@ -19,6 +19,7 @@ from torch import nn
 from ..common.atomic import save_tensors_atomic
 from ..common.errors import LitError
 from ..common.fingerprint import fingerprint_state
+from .spec import DEFAULT_VIEWS, VIEWS
 from .vision_arch import VisionArch, build_vision_backbone, detect_vision_arch
 from .weights import WeightSource, read_json, read_weights
 
@@ -40,11 +41,23 @@ class ImageTower(nn.Module):
         self.crop = crop
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.preprocess_id = json.dumps({"size": self.input_size, "crop": crop, "mean": [round(m, 6) for m in mean],
-                                         "std": [round(s, 6) for s in std], "resize": "bicubic-aa"})
+        self._norm = {"mean": [round(m, 6) for m in mean], "std": [round(s, 6) for s in std]}
+        self.set_views(DEFAULT_VIEWS)
         self.fingerprint = fingerprint or fingerprint_state(dict(backbone.state_dict()), {"kind": kind})
         self.requires_grad_(False)
         super().train(False)
+
+    def set_views(self, views: str) -> ImageTower:
+        """Choose what the tower sees of each photo (``spec.VIEWS``); the cache key (``preprocess_id``) follows."""
+        if views not in VIEWS:
+            raise LitError(f"unknown views {views!r}.", input_name="views", fix=f"use one of {', '.join(VIEWS)}.")
+        self.views = views
+        self.n_views = VIEWS[views] if self.crop else min(VIEWS[views], 2)  # uncropped: the photo and its mirror
+        pid = {"size": self.input_size, "crop": self.crop, **self._norm, "resize": "bicubic-aa"}
+        if self.n_views > 1:  # centre-crop ids stay as they were, so existing caches and adapters still match
+            pid["views"] = views
+        self.preprocess_id = json.dumps(pid)
+        return self
 
     def train(self, mode: bool = True) -> ImageTower:
         # Locked: a caller's model.train() must not unfreeze BatchNorm statistics or enable dropout here.
@@ -60,8 +73,10 @@ class ImageTower(nn.Module):
         return p.dtype if p is not None else torch.float32
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B,H,W,C]`` in 0..1 -> normalised ``[B,3,S,S]``: shorter side to S (bicubic, antialiased), centre
-        crop (or a plain resize for towers trained without cropping). Differentiable; no rounding."""
+        """``[B,H,W,C]`` in 0..1 -> normalised ``[B * n_views, 3, S, S]`` (each image's views together):
+        shorter side to S (bicubic, antialiased), centre crop (or a plain resize for towers trained without
+        cropping), plus the extra views of ``views``. Differentiable; no rounding. ``forward`` averages each
+        image's views back into one embedding."""
         if images.dim() == 3:
             images = images.unsqueeze(0)
         if images.dim() != 4:
@@ -78,6 +93,7 @@ class ImageTower(nn.Module):
         x = images.movedim(-1, 1).to(self.device, torch.float32)
         s = self.input_size
         h, w = x.shape[-2:]
+        resized = x
         if (h, w) != (s, s):
             if self.crop:
                 scale = s / min(h, w)
@@ -85,15 +101,28 @@ class ImageTower(nn.Module):
             else:
                 size = (s, s)
             # antialias only when shrinking: it is undefined (and unneeded) for upsampling tiny images
-            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=min(h, w) > s)
-            top, left = (x.shape[-2] - s) // 2, (x.shape[-1] - s) // 2
-            x = x[..., top:top + s, left:left + s]
+            resized = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=min(h, w) > s)
+        top, left = (resized.shape[-2] - s) // 2, (resized.shape[-1] - s) // 2
+        views = [resized[..., top:top + s, left:left + s]]
+        if self.n_views > 1:
+            views.append(views[0].flip(-1))
+        if self.n_views > 2:
+            views += [resized[..., :s, :s], resized[..., -s:, -s:],
+                      F.interpolate(x, size=(s, s), mode="bicubic", align_corners=False, antialias=max(h, w) > s)]
+        x = torch.stack(views, 1).flatten(0, 1) if len(views) > 1 else views[0]
         x = x.clamp(0.0, 1.0)
         return (x - self.mean) / self.std
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Normalised pixels ``[B,3,S,S]`` -> ``[B, embed_dim]`` (float32); differentiable w.r.t. the pixels."""
-        return self.backbone(pixel_values.to(self.dtype)).float()
+        """Normalised pixels from :meth:`preprocess` ``[B * n_views, 3, S, S]`` -> ``[B, embed_dim]`` (float32,
+        the mean of each image's views); differentiable w.r.t. the pixels."""
+        emb = self.backbone(pixel_values.to(self.dtype)).float()
+        if self.n_views == 1:
+            return emb
+        if emb.shape[0] % self.n_views:
+            raise LitError(f"{emb.shape[0]} pixel rows are not whole groups of this tower's {self.n_views} views.",
+                           input_name="image", fix="build the pixels with the tower's own preprocess().")
+        return emb.view(-1, self.n_views, emb.shape[-1]).mean(1)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocess and encode with gradients w.r.t. ``images`` (for guidance)."""
@@ -179,7 +208,7 @@ def tower_from_arch(arch: VisionArch, *, name: str, path: str, device: torch.dev
 
 def load_image_tower(path: str | None = None, *, device: str | torch.device | None = None,
                      dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
-                     input_name: str = "image_encoder") -> ImageTower:
+                     input_name: str = "image_encoder", views: str = DEFAULT_VIEWS) -> ImageTower:
     """Load a locked image tower from an HF folder or a single ``.safetensors`` (``None``: EfficientNet-Lite0)."""
     name = DEFAULT_IMAGE_NAME if path is None else os.path.basename(os.path.normpath(path))
     path = path or default_image_weights()
@@ -187,7 +216,7 @@ def load_image_tower(path: str | None = None, *, device: str | torch.device | No
     pre = _preprocessor_config(source.folder, input_name)
     arch = detect_vision_arch(source, input_name=input_name, preprocessor=pre)
     return tower_from_arch(arch, name=name, path=path, device=device, dtype=dtype,
-                           attn_implementation=attn_implementation, input_name=input_name)
+                           attn_implementation=attn_implementation, input_name=input_name).set_views(views)
 
 
 def tower_from_comfy_clip_vision(clip_vision, *, device: str | torch.device | None = None,

@@ -22,6 +22,7 @@ from torch import nn
 from ..common.atomic import save_tensors_atomic
 from ..common.errors import LitError
 from ..common.safetensors_io import load_tensors, read_metadata
+from ..towers.spec import DEFAULT_VIEWS
 from . import spec
 from .layer_cache import top_layer_prefixes, transformer_layers
 from .lora import apply_lora, lora_parameters, lora_state_dict
@@ -331,6 +332,14 @@ def _metadata_problems(info: dict[str, Any]) -> list[str]:
     return out
 
 
+def _views_of(preprocess_id: str) -> str:
+    """The views an adapter was trained on, from its recorded preprocessing id (older adapters: centre crop)."""
+    try:
+        return str(json.loads(preprocess_id).get("views", DEFAULT_VIEWS))
+    except (ValueError, AttributeError):
+        return DEFAULT_VIEWS
+
+
 def load_adapter(path: str, image_tower, text_tower, *, force: bool = False,
                  device: torch.device | str | None = None) -> LitModel:
     """Rebuild the :class:`LitModel` saved at ``path`` on these towers.
@@ -345,6 +354,12 @@ def load_adapter(path: str, image_tower, text_tower, *, force: bool = False,
         if want.get("fingerprint") != tower.fingerprint:
             problems.append(f"{what} encoder is '{tower.name}' ({tower.fingerprint}) but the adapter was trained "
                             f"on '{want.get('name')}' ({want.get('fingerprint')})")
+    trained_views = _views_of(info.get("image_tower", {}).get("preprocess_id", ""))
+    views = getattr(image_tower, "views", DEFAULT_VIEWS)
+    if trained_views != views:  # the head maps text to embeddings of these views: others score lower, silently
+        raise LitError(f"this adapter was trained on the image encoder's '{trained_views}' views, but the encoder "
+                       f"connected is set to '{views}'.", input_name="adapter",
+                       fix=f"set the image encoder loader's views to '{trained_views}'.")
     dims_ok = (int(info.get("embed_dim", -1)) == int(image_tower.embed_dim)
                and int(info.get("text_hidden_size", -1)) == int(text_tower.hidden_size))
     if problems and (not force or not dims_ok):
