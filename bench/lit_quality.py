@@ -208,6 +208,10 @@ def _row(name: str, r: dict[str, float]) -> str:
 
 
 def main() -> None:
+    import_torchvision_on_cpu_torch()
+    _import_package()
+    from comfyui_lit.models.towers import spec as tower_spec
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=DATA)
     p.add_argument("--train", type=int, default=600, help="images to train on; the rest are held out")
@@ -217,12 +221,10 @@ def main() -> None:
     p.add_argument("--losses", default="softmax,sigmoid")
     p.add_argument("--steps", type=int, default=None, help="override every mode's default steps")
     p.add_argument("--text-layers", type=int, default=None, help="lora/full: the top layers trained (0: all)")
-    p.add_argument("--image-views", default="centre crop", choices=["centre crop", "whole photo"],
-                   help="what the locked tower sees of each photo, for every method (models/towers/spec.py)")
+    p.add_argument("--image-views", default=tower_spec.DEFAULT_VIEWS, choices=list(tower_spec.VIEWS),
+                   help="what the locked tower sees of each photo, for every method: " + tower_spec.VIEWS_TOOLTIP)
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "comfyui_lit_quality"))
     args = p.parse_args()
-    import_torchvision_on_cpu_torch()
-    _import_package()
     import torch
 
     from comfyui_lit.models.tuning import spec

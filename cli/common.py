@@ -19,8 +19,7 @@ def towers(args: argparse.Namespace):
     from ..models.tuning.distributed import local_device
 
     device = local_device(device_name(args))
-    return (load_image_tower(args.image_encoder or None, device=device,
-                             views=getattr(args, "image_views", DEFAULT_VIEWS)),
+    return (load_image_tower(args.image_encoder or None, device=device, views=args.image_views),
             load_text_tower(args.text_encoder or None, device=device))
 
 

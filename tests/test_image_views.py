@@ -18,6 +18,11 @@ def tower():
     return load_image_tower(None)
 
 
+@pytest.fixture(scope="module")
+def whole():
+    return load_image_tower(None, views="whole photo")
+
+
 def _landscape(seed=0):
     # exactly 224 x 448: no resize, so every view is an exact crop that the test can cut out by hand
     return torch.rand(2, 224, 448, 3, generator=torch.Generator().manual_seed(seed))
@@ -29,8 +34,7 @@ def test_centre_crop_is_the_default_and_keeps_its_cache_key(tower):
     assert tower.preprocess(_landscape()).shape == (2, 3, 224, 224)
 
 
-def test_whole_photo_views_are_the_documented_crops(tower):
-    whole = load_image_tower(None, views="whole photo")
+def test_whole_photo_views_are_the_documented_crops(tower, whole):
     x = _landscape()
     got = whole.preprocess(x).view(2, 5, 3, 224, 224)
     norm = lambda v: (v.movedim(-1, 1) - whole.mean) / whole.std  # noqa: E731
@@ -45,8 +49,7 @@ def test_whole_photo_views_are_the_documented_crops(tower):
     assert whole.fingerprint == tower.fingerprint  # the same locked weights
 
 
-def test_whole_photo_embedding_is_the_mean_of_its_views(tower):
-    whole = load_image_tower(None, views="whole photo")
+def test_whole_photo_embedding_is_the_mean_of_its_views(tower, whole):
     x = _landscape(1)
     views = [x[:, :, 112:336], x[:, :, 112:336].flip(2), x[:, :, :224], x[:, :, 224:]]
     squash = F.interpolate(x.movedim(-1, 1), size=(224, 224), mode="bicubic", antialias=True).clamp(0, 1)
@@ -58,8 +61,7 @@ def test_whole_photo_embedding_is_the_mean_of_its_views(tower):
     assert not torch.allclose(got, tower.encode(x), atol=1e-2)  # the side squares change it
 
 
-def test_views_are_differentiable_and_checked(tower):
-    whole = load_image_tower(None, views="whole photo")
+def test_views_are_differentiable_and_checked(whole):
     x = torch.rand(1, 100, 150, 3).requires_grad_(True)
     whole.embed(x).sum().backward()
     assert x.grad is not None and x.grad[:, :, :20].abs().sum() > 0  # the left edge, outside the centre crop
@@ -69,7 +71,7 @@ def test_views_are_differentiable_and_checked(tower):
         load_image_tower(None, views="everything")
 
 
-def test_cache_keys_and_embeds_by_views(tower, tmp_path):
+def test_cache_keys_and_embeds_by_views(tower, whole, tmp_path):
     from PIL import Image
 
     from comfyui_lit.models.data.dataset import CaptionedDataset, Sample
@@ -77,7 +79,6 @@ def test_cache_keys_and_embeds_by_views(tower, tmp_path):
     img = (torch.rand(120, 200, 3, generator=torch.Generator().manual_seed(3)) * 255).byte().numpy()
     Image.fromarray(img).save(tmp_path / "a.png")
     ds = CaptionedDataset([Sample("a.png", ["a photo"], path=str(tmp_path / "a.png"))], root=str(tmp_path))
-    whole = load_image_tower(None, views="whole photo")
     a, b = EmbeddingCache(tower, str(tmp_path / "c")), EmbeddingCache(whole, str(tmp_path / "c"))
     assert a.dir != b.dir
     emb, _ = b.embed_dataset(ds)
