@@ -16,13 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def import_package() -> None:
     if "comfyui_lit" in sys.modules:
         return
-    # The CLI's repair for a CUDA torchvision wheel next to a CPU torch (see cli/environment.py), loaded by path
-    # because it must run before the pack (and transformers) is imported.
-    env_file = os.path.join(ROOT, "cli", "environment.py")
-    env_spec = importlib.util.spec_from_file_location("_lit_cli_environment", env_file)
-    env = importlib.util.module_from_spec(env_spec)
-    env_spec.loader.exec_module(env)
-    env.repair_torchvision_import()
+    # The package repairs a CUDA torchvision wheel next to a CPU torch itself (see __init__.py).
     spec = importlib.util.spec_from_file_location("comfyui_lit", os.path.join(ROOT, "__init__.py"),
                                                   submodule_search_locations=[ROOT])
     module = importlib.util.module_from_spec(spec)

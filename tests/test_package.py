@@ -25,6 +25,18 @@ def test_imports_without_comfyui():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
+def test_command_line_loads_every_feature():
+    """`python -m comfyui_lit` imports the package (and transformers) before the CLI's torchvision repair ran."""
+    run = subprocess.run([sys.executable, "-m", "comfyui_lit", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "unavailable" not in run.stderr, run.stderr
+    code = "import comfyui_lit; print(sorted(comfyui_lit.NODE_CLASS_MAPPINGS))"
+    names = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(ROOT), capture_output=True, text=True,
+                           timeout=300)
+    assert "LiTImageEncoderLoader" in names.stdout and "LiTLockedTuning" in names.stdout, names.stderr
+
+
 def test_imports_by_path_like_comfyui_under_any_folder_name():
     """ComfyUI loads `custom_nodes/<folder>/__init__.py` under its full path, dots replaced by "_x_"."""
     name = "/opt/ComfyUI/custom_nodes/ComfyUI-LiT-main_x_git"
