@@ -18,12 +18,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .environment import repair_torchvision_import
-
-repair_torchvision_import()  # before transformers is imported anywhere
-
-from ..models.common.errors import LitError  # noqa: E402
-from . import attention, restoration, retrieval, tuning, zero_shot  # noqa: E402
+# The torchvision repair (environment.py) has already run: the package's __init__ runs it before anything here.
+from ..models.common.errors import LitError
+from . import attention, restoration, retrieval, tuning, zero_shot
 
 # One module per feature; each adds its subcommands.
 COMMANDS = [tuning, zero_shot, retrieval, restoration, attention]

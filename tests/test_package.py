@@ -32,8 +32,7 @@ def test_command_line_loads_every_feature():
     assert run.returncode == 0, run.stderr
     assert "unavailable" not in run.stderr, run.stderr
     code = "import comfyui_lit; print(sorted(comfyui_lit.NODE_CLASS_MAPPINGS))"
-    names = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(ROOT), capture_output=True, text=True,
-                           timeout=300)
+    names = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert "LiTImageEncoderLoader" in names.stdout and "LiTLockedTuning" in names.stdout, names.stderr
 
 
