@@ -18,9 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-# The torchvision repair (environment.py) has already run: the package's __init__ runs it before anything here.
-from ..models.common.errors import LitError
-from . import attention, restoration, retrieval, tuning, zero_shot
+from .environment import repair_torchvision_import
+
+# The package's __init__ has normally run this already; it stays for a cli imported under a bare parent package
+# (tests/fuzz/test_fuzz_training.py does, to skip the nodes), where it must run before transformers is imported.
+repair_torchvision_import()
+
+from ..models.common.errors import LitError  # noqa: E402
+from . import attention, restoration, retrieval, tuning, zero_shot  # noqa: E402
 
 # One module per feature; each adds its subcommands.
 COMMANDS = [tuning, zero_shot, retrieval, restoration, attention]
