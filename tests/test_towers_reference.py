@@ -372,3 +372,24 @@ def test_comfyui_text_encoder_files(tmp_path, clip_tok, name):
     with torch.no_grad():
         ref = model(**batch).text_embeds
     torch.testing.assert_close(tower.encode(TEXTS), ref, **TOL)
+
+
+def test_embedded_tower_sees_what_its_weights_were_trained_on():
+    """The embedded EfficientNet-Lite0 must run as trained: ReLU6 and inception-style pixels ((x - 127) / 128).
+    Its own ImageNet classifier, fed through the tower's preprocessing, must name scikit-image's photos: the coffee
+    cup an espresso (967), the cat a tabby / tiger / Egyptian cat (281, 282, 285). With the swish of the full
+    EfficientNets the coffee became a coil (506); with ImageNet statistics espresso fell from 0.94 to 0.82."""
+    import skimage.data
+
+    tower = load_image_tower()
+    net = tower.backbone.model
+    assert isinstance(net._swish, torch.nn.ReLU6)
+    expect = {"coffee": {967}, "chelsea": {281, 282, 285}}
+    for name, classes in expect.items():
+        image = torch.from_numpy(getattr(skimage.data, name)()).float()[None] / 255
+        with torch.no_grad():
+            prob = net(tower.preprocess(image)).softmax(-1)[0]
+        assert int(prob.argmax()) in classes, (name, int(prob.argmax()))
+    with torch.no_grad():
+        coffee = torch.from_numpy(skimage.data.coffee()).float()[None] / 255
+        assert float(net(tower.preprocess(coffee)).softmax(-1)[0, 967]) > 0.9

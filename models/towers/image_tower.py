@@ -198,7 +198,10 @@ def tower_from_arch(arch: VisionArch, *, name: str, path: str, device: torch.dev
     device = torch.device(device) if device is not None else torch.device("cpu")
     backbone, dim = build_vision_backbone(arch, attn_implementation=attn_implementation or attention_for(device),
                                           input_name=input_name, path=path)
-    fp = fingerprint_state(arch.state, {"kind": arch.kind, "size": arch.input_size})
+    extra = {"kind": arch.kind, "size": arch.input_size}
+    if arch.kind == "efficientnet":  # earlier builds ran it with swish: their caches and adapters must not match
+        extra["activation"] = "relu6"
+    fp = fingerprint_state(arch.state, extra)
     tower = ImageTower(backbone, embed_dim=dim, input_size=arch.input_size, mean=arch.mean, std=arch.std,
                        name=name, kind=arch.kind, crop=arch.crop, fingerprint=fp)
     tower.layout, tower.ignored_tensors = arch.layout, list(arch.ignored)  # see load_text_tower
