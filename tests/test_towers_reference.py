@@ -393,3 +393,23 @@ def test_embedded_tower_sees_what_its_weights_were_trained_on():
     with torch.no_grad():
         coffee = torch.from_numpy(skimage.data.coffee()).float()[None] / 255
         assert float(net(tower.preprocess(coffee)).softmax(-1)[0, 967]) > 0.9
+
+
+def test_embedded_tower_lean_trunk_matches_the_library_module(photos):
+    """The tower folds batch norms into convolutions and moves padding into them for speed: its embeddings must
+    equal those of efficientnet_lite_pytorch's own, untouched module (ReLU6, eval mode) on real photos."""
+    from efficientnet_lite_pytorch import EfficientNet
+    from safetensors.torch import load_file
+
+    from comfyui_lit.models.towers.image_tower import default_image_weights
+
+    tower = load_image_tower()
+    reference = EfficientNet.from_name("efficientnet-lite0")
+    reference.load_state_dict(load_file(default_image_weights()))
+    reference.eval()
+    with torch.no_grad():
+        pixels = tower.preprocess(photos)
+        want = reference.extract_features(pixels).mean(dim=(2, 3))
+        got = tower.backbone(pixels)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
