@@ -71,9 +71,12 @@ def test_head_learns_on_real_held_out_photos(text_tower, tmp_path):
                                                                                  dim=-1), test.captions)
     print(f"\nheld-out mean R@5 on 64 photos: untrained {before:.3f}, ridge {ridge:.3f}, tuned head {trained:.3f} "
           f"({result.seconds:.1f}s, kept step {result.best_step})")
-    # one run here (2026-12-02, whitened ridge start) gave untrained 0.066, ridge 0.142, tuned 0.188 (kept step 0)
+    # 2026-12-03, the tower run as trained: untrained 0.070, ridge 0.695, tuned 0.756 (kept step 15). With the
+    # tower's earlier swish and ImageNet pixel statistics it was 0.066 / 0.142 / 0.188, which only relative checks
+    # let through: the absolute floor below catches a tower that no longer sees what its weights were trained on.
     assert trained > before + 0.04
     assert trained >= 0.9 * ridge
+    assert trained >= 0.5
     # the default keep='refit': the validated choices trained again on all 192 photos, and said so
     assert result.kept == "refit" and "Kept: the refit" in result.report
     assert model.training_info["train_size"] == 192 and model.training_info["refit_steps"] == result.best_step
