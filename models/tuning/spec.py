@@ -52,7 +52,7 @@ class Param:
 
 _P = [
     Param("mode", DEFAULT_MODE, "choice", "What is trained. head: a linear projection on frozen text features "
-          "(seconds on CPU; the best on a few hundred photos). lora: LoRA adapters in the text encoder plus the "
+          "(seconds on CPU; level with lora on a few hundred photos). lora: LoRA adapters in the text encoder plus the "
           "projection (minutes). full: the whole text encoder (needs many thousands of pairs).", choices=MODES),
     Param("loss", DEFAULT_LOSS, "choice", "softmax: CLIP/LiT contrastive loss over the batch. sigmoid: SigLIP's "
           "pairwise loss; it needs larger batches to match softmax here.", choices=LOSSES),
