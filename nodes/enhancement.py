@@ -70,6 +70,7 @@ class LiTEnhancementSampler:
                 "strength": _number("FLOAT", "strength"),
                 "auto_grade": ("BOOLEAN", {"default": True, "tooltip": t["auto_grade"]}),
                 "allow_colour": ("BOOLEAN", {"default": False, "tooltip": t["allow_colour"]}),
+                "dark_scene_check": ("BOOLEAN", {"default": True, "tooltip": t["dark_scene_check"]}),
             },
         }
 
@@ -78,7 +79,7 @@ class LiTEnhancementSampler:
     def run(self, image: torch.Tensor, positive: str, negative: str, steps: int, guidance: float,
             fidelity: float, seed: int, samples: int, lit_model=None, mask: torch.Tensor | None = None,
             shared: bool = False, proxy_size: int = 256, strength: float = 1.0, auto_grade: bool = True,
-            allow_colour: bool = False):
+            allow_colour: bool = False, dark_scene_check: bool = True):
         image = check_image_batch(image)  # before .clone(): an unconnected input is the pack's clear error
         if lit_model is not None:
             require_lit_model(lit_model)
@@ -86,7 +87,8 @@ class LiTEnhancementSampler:
         callback = progress_callback(max(steps, 1), desc="LiT enhance")
         result = enhance(image, lit_model, positive, negative, steps=steps, guidance=guidance, fidelity=fidelity,
                          seed=seed, samples=samples, mask=mask, shared=shared, proxy_max_side=proxy_size,
-                         strength=strength, auto=auto_grade, allow_colour=allow_colour, callback=callback)
+                         strength=strength, auto=auto_grade, allow_colour=allow_colour,
+                         dark_scene_check=dark_scene_check, callback=callback)
         text = result.summary()
         out = result.image.float().cpu()
         return {"ui": {"text": [text], **compare_ui(image[..., :3], out, "lit_enhance")},

@@ -28,6 +28,7 @@ from ..common.errors import LitError
 from ..common.text import split_prompts
 from . import spec
 from .auto import auto_grade
+from .dark_scene import check_dark_scenes
 from .ops import (
     EnhancementParams,
     apply_enhancement,
@@ -76,6 +77,12 @@ class EnhancementResult:
                          f"its noise {noise:.3f} x {spec.NOISE_SIGMAS:g});")
             else:
                 head += " auto-grade (no LiT guide);"
+            st = self.stats[i] if i < len(self.stats) else {}
+            if st.get("dark_scene_keep", 1.0) < 1.0:
+                kept = st["dark_scene_keep"]
+                head += (" the image tower reads a dark scene, not a darkened photo (margin "
+                         f"{st['dark_scene_margin']:+.2f}): " + ("the midtone lift was taken back;" if kept == 0 else
+                                                                 f"{kept:.0%} of the midtone lift kept;"))
             if self.strength != 1.0:
                 head += f" strength {self.strength:.2f};"
             lines.append(f"{head} {self.params.describe(pi)}")
@@ -168,7 +175,7 @@ def enhance(images: torch.Tensor, model=None, positive: str | list[str] = DEFAUL
             negative: str | list[str] = DEFAULT_NEGATIVE, *, steps: int = 40, guidance: float = 1.0,
             fidelity: float = 1.0, seed: int = 0, samples: int = 2, mask: torch.Tensor | None = None,
             shared: bool = False, proxy_max_side: int = 256, strength: float = 1.0, auto: bool = True,
-            allow_colour: bool = False, restart_noise: float = 1.0,
+            allow_colour: bool = False, restart_noise: float = 1.0, dark_scene_check: bool = True,
             callback: Callable[[int], None] | None = None) -> EnhancementResult:
     """Enhance ``images`` ``[B,H,W,C]``: the auto-grade, refined toward ``positive`` by ``model`` when given.
 
@@ -176,6 +183,8 @@ def enhance(images: torch.Tensor, model=None, positive: str | list[str] = DEFAUL
     restarts run with seed-derived noise; each image keeps its best, and then only if the gain beats the guide's
     noise. ``shared`` fits one grade for the whole batch. ``mask`` (1 = may change, same size as the image)
     confines the change. ``strength`` scales the final grade toward none. ``auto=False`` starts from no change.
+    ``dark_scene_check`` lets the embedded image tower take back the auto-grade's midtone lift of a photo it reads
+    as a dark scene rather than a darkened photo (:mod:`.dark_scene`).
     ``callback(step)`` is called after every step (it may raise to cancel). Deterministic per seed.
     """
     if steps < 0 or samples < 1:
@@ -192,6 +201,8 @@ def enhance(images: torch.Tensor, model=None, positive: str | list[str] = DEFAUL
     full_mask = prepare_mask(None if mask is None else mask.detach().clone(), b, h, w, torch.device("cpu"))
     if auto:
         start, stats = auto_grade(src)
+        if dark_scene_check:
+            start = check_dark_scenes(src, start, stats)
     else:
         start, stats = EnhancementParams.identity(b), [{} for _ in range(b)]
     if shared:

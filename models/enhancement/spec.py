@@ -66,8 +66,18 @@ LOG_FLOOR = 1.0 / 255.0       # luminance floor inside the log (an 8-bit black)
 # g above DARK_GATE[0] (darker than 90% of the calibration photos) starts the correction, full at DARK_GATE[1]
 # (darker than 95%). No statistic tells a dark scene from a darkened photo for sure: ~8% of the calibration photos
 # (night and candle-lit scenes) get some midtone lift (see bench/README.md). Crushed shadows are no evidence either
-# way: night photos have them as often as darkened ones.
+# way: night photos have them as often as darkened ones. What the content says decides next: the sampler's dark-scene
+# check (dark_scene.py) takes the lift back where the embedded tower reads a dark scene.
 DARK_GATE = (0.7, 0.9)
+# The dark-scene check (dark_scene.py; fitted by bench/fit_dark_scene_probe.py, cross-validated on Flickr8k photos
+# and darkened copies). Its threshold keeps DARK_SCENE_KEEP_LIFTS of the lifts of darkened copies; there it spares
+# 55% of the originals the gate would lift (45% with the centre crop alone instead of the whole photo's 5 views).
+# The lift fades over +-DARK_SCENE_RAMP logits: a partial lift helps neither kind of photo (on CBSD68 a ramp of
+# +-0.25 cost darkened copies 0.7 dB more than a near-step), so the ramp only avoids a jump.
+DARK_SCENE_KEEP_LIFTS = 0.95
+DARK_SCENE_RAMP = 0.05
+DARK_SCENE_SIDE = 400          # the probe judges each photo at a longest side of 400 px, as it was fitted
+DARK_SCENE_VIEWS = "whole photo"
 BRIGHT_MEAN = (0.75, 0.82)    # arithmetic mean level: none below the first, full above the second (overexposed)
 # Levels: the robust white and black points (pixel quantiles over all channels together). 99% of the calibration
 # photos have a white point >= 0.78 and a black point <= 0.075. A white point below WHITE_GATE is underexposure
@@ -147,6 +157,9 @@ NODE_TOOLTIPS = {
     "shared": "Fit one grade for the whole batch (consistent frames of a video) instead of one per image.",
     "auto_grade": "Start from the no-reference auto-grade (exposure, levels, white balance from the image's "
                   "statistics). Off: start from no change, so only the guide moves the image.",
+    "dark_scene_check": "Let the embedded image tower judge each photo the auto-grade would brighten: a dark scene "
+                        "(night, a portrait on black, a reef at depth) keeps its tones, a darkened photo is lifted. "
+                        "Off: every photo darker than nearly all correctly exposed ones is lifted.",
     "allow_colour": "Let the guide change white balance and saturation (global only). Off: the guide may only "
                     "change tones, and colour comes from the auto-grade's white balance.",
 }
