@@ -24,6 +24,7 @@ import torch
 from ..common.errors import LitError
 from ..common.safetensors_io import load_tensors, read_metadata
 from . import spec
+from .ops import EnhancementParams, apply_enhancement
 
 PROBE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dark_scene_probe.safetensors")
 KEEP_LIFTS, RAMP = spec.DARK_SCENE_KEEP_LIFTS, spec.DARK_SCENE_RAMP
@@ -86,6 +87,7 @@ def lift_features(tower, photo: torch.Tensor, lifted: torch.Tensor, g: torch.Ten
 
 
 def check_tower(probe: DarkSceneProbe, tower) -> None:
+    """Refuse a probe fitted on another tower (its fingerprint or its width differs)."""
     if tower.fingerprint != probe.tower_fingerprint or probe.weight.numel() != tower.embed_dim + 1:
         raise LitError(f"the dark-scene probe '{probe.path}' was fitted on another image tower than "
                        f"'{getattr(tower, 'name', '?')}'.", input_name="dark_scene_check",
@@ -116,17 +118,16 @@ def probe_view(src: torch.Tensor) -> torch.Tensor:
                                            antialias=True).clamp(0.0, 1.0)
 
 
-def grade_features(src: torch.Tensor, grades, g: torch.Tensor, tower) -> torch.Tensor:
+def grade_features(src: torch.Tensor, grades: EnhancementParams, g: torch.Tensor, tower) -> torch.Tensor:
     """The probe's features for photos ``[B,3,H,W]`` and their auto-grades: the grade applied to each photo's probe
     view, then :func:`lift_features`."""
-    from .ops import apply_enhancement
-
     view = probe_view(src).movedim(1, -1)
     lifted = apply_enhancement(view, grades)
     return lift_features(tower, view, lifted, g)
 
 
-def check_dark_scenes(src: torch.Tensor, grades, stats: list[dict], *, probe_path: str = PROBE_FILE):
+def check_dark_scenes(src: torch.Tensor, grades: EnhancementParams, stats: list[dict], *,
+                      probe_path: str = PROBE_FILE) -> EnhancementParams:
     """Take back the midtone lift of every photo the probe reads as a dark scene. ``src`` ``[B,3,H,W]``, the auto-
     grades and their statistics (from :func:`.auto.auto_grade`, updated in place with ``dark_scene_margin`` and
     ``dark_scene_keep``) -> the grades, the lift of each scaled by how much of it stays."""
