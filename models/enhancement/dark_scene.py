@@ -101,9 +101,14 @@ def embedded_tower():
     """The embedded EfficientNet-Lite0 tower with the probe's views (loaded once per weights file)."""
     from ..towers.image_tower import default_image_weights, load_image_tower
 
-    key = (default_image_weights(), VIEWS)
-    if key not in _TOWERS:
-        _TOWERS[key] = load_image_tower(key[0], views=VIEWS)
+    off = " Or turn the node's dark_scene_check off (every photo the exposure gate flags is then lifted)."
+    try:
+        key = (default_image_weights(), VIEWS)
+        if key not in _TOWERS:
+            _TOWERS[key] = load_image_tower(key[0], views=VIEWS, input_name="dark_scene_check")
+    except LitError as err:  # the node has no image-encoder input: say what this check needs, and how to skip it
+        raise LitError(f"the dark-scene check needs the embedded image tower: {err.message}",
+                       input_name="dark_scene_check", fix=(err.fix or "reinstall ComfyUI-LiT.") + off) from None
     return _TOWERS[key]
 
 
@@ -129,8 +134,8 @@ def grade_features(src: torch.Tensor, grades: EnhancementParams, g: torch.Tensor
 def check_dark_scenes(src: torch.Tensor, grades: EnhancementParams, stats: list[dict], *,
                       probe_path: str = PROBE_FILE) -> EnhancementParams:
     """Take back the midtone lift of every photo the probe reads as a dark scene. ``src`` ``[B,3,H,W]``, the auto-
-    grades and their statistics (from :func:`.auto.auto_grade`, updated in place with ``dark_scene_margin`` and
-    ``dark_scene_keep``) -> the grades, the lift of each scaled by how much of it stays."""
+    grades and their statistics (from :func:`.auto.auto_grade`; the statistics get ``dark_scene_margin`` and
+    ``dark_scene_keep``) -> new grades, the lift of each scaled by how much of it stays (``grades`` is untouched)."""
     lifted = [i for i, s in enumerate(stats) if s.get("exposure_evidence", -3.0) > spec.DARK_GATE[0]
               and float(grades.gamma[i]) > 0]
     if not lifted:
@@ -141,10 +146,11 @@ def check_dark_scenes(src: torch.Tensor, grades: EnhancementParams, stats: list[
     g = torch.tensor([stats[i]["exposure_evidence"] for i in lifted])
     margin = probe.margin(grade_features(src[lifted], grades.select(lifted), g, tower))
     keep = probe.keep(margin)
+    factor = torch.ones_like(grades.gamma)
     for j, i in enumerate(lifted):
         stats[i]["dark_scene_margin"], stats[i]["dark_scene_keep"] = float(margin[j]), float(keep[j])
-        grades.gamma[i] = grades.gamma[i] * float(keep[j])
-    return grades
+        factor[i] = float(keep[j])
+    return grades._map(lambda t: t * factor if t is grades.gamma else t)
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, c: float) -> tuple[torch.Tensor, float]:

@@ -64,6 +64,7 @@ class EnhancementResult:
 
     def summary(self) -> str:
         lines = []
+        shared_batch = self.params.batch_size == 1 and self.image.shape[0] > 1
         for i in range(self.image.shape[0]):
             pi = min(i, self.params.batch_size - 1)
             head = f"image {i}:"
@@ -81,8 +82,10 @@ class EnhancementResult:
             if st.get("dark_scene_keep", 1.0) < 1.0:
                 kept = st["dark_scene_keep"]
                 head += (" the image tower reads a dark scene, not a darkened photo (margin "
-                         f"{st['dark_scene_margin']:+.2f}): " + ("the midtone lift was taken back;" if kept == 0 else
-                                                                 f"{kept:.0%} of the midtone lift kept;"))
+                         f"{st['dark_scene_margin']:+.2f}): " + ("its midtone lift was taken back" if kept == 0 else
+                                                                 f"{kept:.0%} of its midtone lift kept"))
+                # a shared grade is the batch's mean: another photo's lift can still reach this one
+                head += " before the batch's grade was shared;" if shared_batch else ";"
             if self.strength != 1.0:
                 head += f" strength {self.strength:.2f};"
             lines.append(f"{head} {self.params.describe(pi)}")
