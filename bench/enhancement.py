@@ -304,9 +304,9 @@ def main() -> None:
     t = time.perf_counter()
     grade, stats = auto_grade(big.movedim(-1, 1))
     t_fit = time.perf_counter() - t
-    check_dark_scenes(big.movedim(-1, 1), grade.detach(), stats)  # the first call loads the tower
+    check_dark_scenes(big.movedim(-1, 1), grade, [dict(s) for s in stats])  # the first call loads the tower
     t = time.perf_counter()
-    check_dark_scenes(big.movedim(-1, 1), grade.detach(), [dict(s) for s in stats])
+    check_dark_scenes(big.movedim(-1, 1), grade, [dict(s) for s in stats])
     t_check = time.perf_counter() - t
 
     def best_of_3(p) -> tuple[float, float]:

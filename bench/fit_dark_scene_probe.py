@@ -6,7 +6,7 @@ photo or copy the exposure gate would lift is one example: a darkened copy shoul
 not. The features are the engine's own (:func:`grade_features`: the embedded tower's embedding change under the
 auto-grade, and the exposure evidence g). An L2 logistic regression on standardised features (C = 0.003, the
 sklearn convention) is cross-validated in 5 folds grouped by photo (a photo's copies never straddle folds); the
-threshold keeps KEEP_LIFTS of the cross-validated lifts of darkened copies. The enhancement benchmark's CBSD68 is
+threshold keeps DARK_SCENE_KEEP_LIFTS of the cross-validated lifts of darkened copies. The benchmark's CBSD68 is
 never read here. Prints the cross-validated table, then the file written. About 10 minutes on 2 CPU cores.
 """
 
@@ -62,10 +62,10 @@ def examples(files: list[str]):
             x = torch.from_numpy(darken(x0, how))[None]
             src = x.movedim(-1, 1)
             grades, stats = auto_grade(src)
-            g = stats[0].get("exposure_evidence", -3.0)
-            if not (g > spec.DARK_GATE[0] and float(grades.gamma[0]) > 0):
+            if not dark_scene.lifted_by_exposure_gate(grades, stats):
                 continue
-            feat = dark_scene.grade_features(src, grades, torch.tensor([g]), tower)[0]
+            g = torch.tensor([stats[0]["exposure_evidence"]])
+            feat = dark_scene.grade_features(src, grades, g, tower)[0]
             unlifted = grades.select(0)
             unlifted.gamma.zero_()
             rows.append((feat.numpy(), int(how is not None), i, kind, psnr(apply_enhancement(x, grades), ref),
@@ -96,7 +96,7 @@ def main() -> None:
         w, b = dark_scene.fit_logistic(x[tr], y[tr], C)
         cv[te] = (x[te] @ w + b).numpy()
     dark = y.numpy() == 1
-    threshold = float(np.quantile(cv[dark], 1 - dark_scene.KEEP_LIFTS))
+    threshold = float(np.quantile(cv[dark], 1 - spec.DARK_SCENE_KEEP_LIFTS))
     lift = cv >= threshold
     print(f"{len(rows)} photos or copies over the exposure gate ({int(dark.sum())} darkened, {int((~dark).sum())} "
           f"originals); 5-fold cross-validation grouped by photo, threshold {threshold:.3f}:")
@@ -120,7 +120,7 @@ def main() -> None:
         metadata={"threshold": f"{threshold:.6f}", "tower_fingerprint": tower.fingerprint,
                   "fitted_on": f"{len(files)} Flickr8k photos and darkened copies ({', '.join(list(COPIES)[1:])})",
                   "fitted_by": "bench/fit_dark_scene_probe.py", "date": datetime.date.today().isoformat(),
-                  "C": str(C), "keep_lifts": str(dark_scene.KEEP_LIFTS),
+                  "C": str(C), "keep_lifts": str(spec.DARK_SCENE_KEEP_LIFTS),
                   "cv_originals_lifted": f"{lift[orig].mean():.4f}", "cv_darkened_lifted": f"{lift[dark].mean():.4f}"})
     print(f"wrote {path}")
     print(f"dark_scene_probe_originals_spared: {1 - lift[orig].mean():.3f} ({harmed_after}/{harmed_before} "

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from shared_data import shared_path
 
 from comfyui_lit.models.common.errors import LitError
-from comfyui_lit.models.enhancement import dark_scene
+from comfyui_lit.models.enhancement import dark_scene, spec
 from comfyui_lit.models.enhancement.auto import auto_grade
 from comfyui_lit.models.enhancement.sampler import enhance
 
@@ -62,7 +62,7 @@ def test_the_shipped_probe_belongs_to_the_embedded_tower():
 
     meta = read_metadata(dark_scene.PROBE_FILE)
     assert "Flickr8k" in meta["fitted_on"] and meta["fitted_by"] == "bench/fit_dark_scene_probe.py"
-    assert float(meta["keep_lifts"]) == dark_scene.KEEP_LIFTS
+    assert float(meta["keep_lifts"]) == spec.DARK_SCENE_KEEP_LIFTS
 
 
 def test_probe_files_that_cannot_be_trusted_are_refused(tmp_path):

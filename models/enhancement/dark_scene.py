@@ -8,7 +8,8 @@ EfficientNet-Lite0 sees that. The probe is a logistic regression on the change o
 ``embed(lifted) - embed(photo)``, and the exposure evidence g; a lift whose score falls below the probe's threshold
 is taken back (levels and white balance stay). It was fitted by ``bench/fit_dark_scene_probe.py`` on 800 Flickr8k
 photos and the author's own darkened copies of them (never on the enhancement benchmark's CBSD68), with the
-threshold set where it keeps KEEP_LIFTS of the lifts of darkened copies (cross-validated); the file records that.
+threshold set where it keeps DARK_SCENE_KEEP_LIFTS (spec) of the lifts of darkened copies (cross-validated);
+the file records that.
 
 The probe belongs to one tower: its file carries the tower's fingerprint and is refused for any other.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -27,8 +28,6 @@ from . import spec
 from .ops import EnhancementParams, apply_enhancement
 
 PROBE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dark_scene_probe.safetensors")
-KEEP_LIFTS, RAMP = spec.DARK_SCENE_KEEP_LIFTS, spec.DARK_SCENE_RAMP
-PROBE_SIDE, VIEWS = spec.DARK_SCENE_SIDE, spec.DARK_SCENE_VIEWS
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ class DarkSceneProbe:
 
     def keep(self, margin: torch.Tensor) -> torch.Tensor:
         """How much of the lift stays, 0..1, from the margin."""
-        return ((margin + RAMP) / (2 * RAMP)).clamp(0.0, 1.0)
+        return ((margin + spec.DARK_SCENE_RAMP) / (2 * spec.DARK_SCENE_RAMP)).clamp(0.0, 1.0)
 
 
 _PROBES: dict[tuple[str, float], DarkSceneProbe] = {}  # keyed by file and its modification time
@@ -103,9 +102,9 @@ def embedded_tower():
 
     off = " Or turn the node's dark_scene_check off (every photo the exposure gate flags is then lifted)."
     try:
-        key = (default_image_weights(), VIEWS)
+        key = (default_image_weights(), spec.DARK_SCENE_VIEWS)
         if key not in _TOWERS:
-            _TOWERS[key] = load_image_tower(key[0], views=VIEWS, input_name="dark_scene_check")
+            _TOWERS[key] = load_image_tower(key[0], views=key[1], input_name="dark_scene_check")
     except LitError as err:  # the node has no image-encoder input: say what this check needs, and how to skip it
         raise LitError(f"the dark-scene check needs the embedded image tower: {err.message}",
                        input_name="dark_scene_check", fix=(err.fix or "reinstall ComfyUI-LiT.") + off) from None
@@ -113,9 +112,9 @@ def embedded_tower():
 
 
 def probe_view(src: torch.Tensor) -> torch.Tensor:
-    """``[B,3,H,W]`` -> the same photos with the longest side at most PROBE_SIDE (antialiased)."""
+    """``[B,3,H,W]`` -> the same photos with the longest side at most DARK_SCENE_SIDE (antialiased)."""
     h, w = src.shape[-2:]
-    s = PROBE_SIDE / max(h, w)
+    s = spec.DARK_SCENE_SIDE / max(h, w)
     if s >= 1:
         return src.float()
     size = (max(1, round(h * s)), max(1, round(w * s)))
@@ -131,13 +130,19 @@ def grade_features(src: torch.Tensor, grades: EnhancementParams, g: torch.Tensor
     return lift_features(tower, view, lifted, g)
 
 
+def lifted_by_exposure_gate(grades: EnhancementParams, stats: list[dict]) -> list[int]:
+    """The photos whose auto-grade lifts their midtones because the exposure gate found them too dark: the only
+    ones the probe judges (and was fitted on)."""
+    return [i for i, s in enumerate(stats) if s.get("exposure_evidence", -3.0) > spec.DARK_GATE[0]
+            and float(grades.gamma[i]) > 0]
+
+
 def check_dark_scenes(src: torch.Tensor, grades: EnhancementParams, stats: list[dict], *,
                       probe_path: str = PROBE_FILE) -> EnhancementParams:
     """Take back the midtone lift of every photo the probe reads as a dark scene. ``src`` ``[B,3,H,W]``, the auto-
     grades and their statistics (from :func:`.auto.auto_grade`; the statistics get ``dark_scene_margin`` and
     ``dark_scene_keep``) -> new grades, the lift of each scaled by how much of it stays (``grades`` is untouched)."""
-    lifted = [i for i, s in enumerate(stats) if s.get("exposure_evidence", -3.0) > spec.DARK_GATE[0]
-              and float(grades.gamma[i]) > 0]
+    lifted = lifted_by_exposure_gate(grades, stats)
     if not lifted:
         return grades
     probe = load_probe(probe_path)
@@ -146,11 +151,11 @@ def check_dark_scenes(src: torch.Tensor, grades: EnhancementParams, stats: list[
     g = torch.tensor([stats[i]["exposure_evidence"] for i in lifted])
     margin = probe.margin(grade_features(src[lifted], grades.select(lifted), g, tower))
     keep = probe.keep(margin)
-    factor = torch.ones_like(grades.gamma)
     for j, i in enumerate(lifted):
         stats[i]["dark_scene_margin"], stats[i]["dark_scene_keep"] = float(margin[j]), float(keep[j])
-        factor[i] = float(keep[j])
-    return grades._map(lambda t: t * factor if t is grades.gamma else t)
+    factor = torch.ones_like(grades.gamma)
+    factor[lifted] = keep.to(factor)
+    return replace(grades, gamma=grades.gamma * factor)
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, c: float) -> tuple[torch.Tensor, float]:
