@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from _package import import_package as _import_package  # noqa: E402
+from _sheet import contact_sheet  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("LIT_SHARED_DIR") or os.path.normpath(os.path.join(ROOT, "..", "shared"))
@@ -176,26 +177,6 @@ def calibrate(files: list[str], max_side: int = 400) -> None:
     print(f"calibration statistics over {len(a)} ordinary photos (quantiles {', '.join(map(str, qs))}):")
     for j, name in enumerate(("white point", "black point", "lowest/highest channel white", "exposure evidence g")):
         print(f"  {name:<30}" + " ".join(f"{v:7.3f}" for v in np.quantile(a[:, j], qs)))
-
-
-def contact_sheet(rows: list[list[np.ndarray]], labels: list[str], path: str, width: int = 240) -> None:
-    from PIL import Image, ImageDraw
-
-    tiles = []
-    for row in rows:
-        ims = [Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8)) for a in row]
-        ims = [im.resize((width, round(im.height * width / im.width))) for im in ims]
-        tiles.append(ims)
-    heights = [max(im.height for im in r) + 16 for r in tiles]
-    sheet = Image.new("RGB", (width * 3 + 20, sum(heights) + 4), "white")
-    d = ImageDraw.Draw(sheet)
-    y = 14
-    for r, lab, rh in zip(tiles, labels, heights, strict=True):
-        d.text((4, y - 13), lab, fill="black")
-        for j, im in enumerate(r):
-            sheet.paste(im, (4 + j * (width + 6), y))
-        y += rh
-    sheet.save(path)
 
 
 def main() -> None:

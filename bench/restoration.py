@@ -1,13 +1,16 @@
-"""Restoration benchmark on the standard photos of ``../shared/data/restoration`` (CBSD68, Set5): the Restoration
-Sampler with its built-in classical prior and with FFDNet (converted from the original weights into a temp dir) as
-its prior, against CBM3D, OpenCV, scikit-image, bicubic and the plain JPEG; same images and seeds for every method.
+"""Restoration benchmark on the standard photos of ``../shared/data/restoration`` (CBSD68, Set5, Set12, RNI15): the
+Restoration Sampler with its built-in classical prior and with FFDNet (converted from the original colour and grey
+weights into a temp dir) as its prior, against CBM3D / BM3D, OpenCV, scikit-image, bicubic and the plain JPEG; same
+images and seeds for every method.
 
-Run: ``nice python bench/restoration.py [--quick]``. Full: FFDNet alone on all 68 CBSD68 images at sigma 15/25/50
-(against its published numbers), every method on ``--images`` CBSD68 images and the 5 Set5 images. ``--quick``:
-2 crops of 80x80 per set. PSNR is measured on the uint8-quantised output (as FFDNet's paper does), RGB; time is
-CPU seconds per output megapixel (``time.process_time``). The last line: the mean gain of the FFDNet prior over the
-classical prior on deblur (Gaussian, motion) and SR (x2, x4), and its CPU time per megapixel there relative to
-CBM3D's on denoising.
+Run: ``nice python bench/restoration.py [--quick]``. Full: FFDNet alone on all 68 CBSD68 images and all 12 Set12
+images at sigma 15/25/50 (against its published numbers), every method on ``--images`` CBSD68 and Set12 images and
+the 5 Set5 images. ``--quick``: 2 crops of 80x80 per set. Set12 is grey: loaded as ComfyUI does (three equal
+channels) with the same grain in all three, as a black-and-white photo has. RNI15 is real camera noise with no clean
+original: each photo's estimated noise level, the CPU time and a contact sheet (``--sheet``) to look at. PSNR is
+measured on the uint8-quantised output (as FFDNet's paper does), RGB; time is CPU seconds per output megapixel
+(``time.process_time``). The last line: the mean gain of the FFDNet prior over the classical prior on deblur
+(Gaussian, motion) and SR (x2, x4), and its CPU time per megapixel there relative to CBM3D's on denoising.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch  # noqa: E402
 from _package import import_package as _import_package  # noqa: E402
 
 _import_package()
+from _sheet import contact_sheet  # noqa: E402
 from PIL import Image  # noqa: E402
 from skimage import restoration as skr  # noqa: E402
 from skimage.metrics import structural_similarity  # noqa: E402
@@ -54,7 +58,8 @@ except ImportError:  # pragma: no cover
 SHARED = os.environ.get("LIT_SHARED_DIR") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                                           "shared")
 DATA = os.path.join(SHARED, "data", "restoration")
-PUBLISHED = {15: 33.87, 25: 31.21, 50: 27.96}
+PUBLISHED = {15: 33.87, 25: 31.21, 50: 27.96}  # FFDNet (TIP 2018), colour, CBSD68
+PUBLISHED_GREY = {15: 32.75, 25: 30.43, 50: 27.32}  # grey, Set12
 
 
 def t(a: np.ndarray) -> torch.Tensor:
@@ -92,10 +97,15 @@ def load(folder: str, count: int, crop: int | None, mult: int = 4) -> list[np.nd
     return out
 
 
+def load_grey(folder: str, count: int, crop: int | None) -> list[np.ndarray]:
+    """Grey photos as ComfyUI loads them: three equal channels."""
+    return [np.repeat(a[..., :1], 3, axis=-1) for a in load(folder, count, crop)]
+
+
 # ------------------------------------------------------------------------------------------------ tasks
 
 
-def tasks(prior):
+def tasks(prior, grey_prior):
     classical = DCTDenoiser()
 
     def denoise(sigma):
@@ -111,6 +121,26 @@ def tasks(prior):
                 m["OpenCV NL-means"] = lambda: cv2.fastNlMeansDenoisingColored(u8(y), None, h, h, 7, 21) / 255.0
             if bm3d is not None:
                 m["CBM3D"] = lambda: bm3d.bm3d_rgb(y, s)
+            return m
+        return make
+
+    def grey_denoise(sigma):
+        def make(clean, rng):  # a black-and-white photo: the same grain in all three channels
+            y = (clean + rng.normal(0, sigma / 255, clean.shape[:2])[..., None]).astype(np.float32)
+            g, s = y[..., 0], sigma / 255
+
+            def rgb(a):
+                return np.repeat(np.asarray(a, dtype=np.float64)[..., None], 3, axis=-1)
+
+            m = {"ours classical": lambda: n(restore(D.Denoise(t(y), s), DCTDenoiser(block_matching=True))),
+                 "ours FFDNet": lambda: n(restore(D.Denoise(t(y), s), grey_prior)),
+                 "ours FFDNet (colour net)": lambda: n(restore(D.Denoise(t(y), s), prior)),
+                 "skimage wavelet": lambda: rgb(skr.denoise_wavelet(np.clip(g, 0, 1), sigma=s, rescale_sigma=True))}
+            if cv2 is not None:
+                h = 0.5 * sigma + 3
+                m["OpenCV NL-means"] = lambda: rgb(cv2.fastNlMeansDenoising(u8(g), None, h, 7, 21) / 255.0)
+            if bm3d is not None:
+                m["BM3D"] = lambda: rgb(bm3d.bm3d(g, s))
             return m
         return make
 
@@ -176,21 +206,51 @@ def tasks(prior):
         return m
 
     return [("denoise s15", "cbsd", denoise(15)), ("denoise s25", "cbsd", denoise(25)),
-            ("denoise s50", "cbsd", denoise(50)), ("deblur gauss1.6", "cbsd", deblur("gaussian")),
+            ("denoise s50", "cbsd", denoise(50)), ("grey denoise s15", "set12", grey_denoise(15)),
+            ("grey denoise s25", "set12", grey_denoise(25)), ("grey denoise s50", "set12", grey_denoise(50)),
+            ("deblur gauss1.6", "cbsd", deblur("gaussian")),
             ("deblur motion9", "cbsd", deblur("motion")), ("SR x2", "set5", sr(2)), ("SR x4", "set5", sr(4)),
             ("JPEG q10", "cbsd", jpeg(10)), ("JPEG q30", "cbsd", jpeg(30)), ("inpaint 50%", "cbsd", inpaint)]
 
 
-def ffdnet_alone(prior, count: int | None) -> None:
-    files = sorted(glob.glob(os.path.join(DATA, "CBSD68", "*.png")))[:count]
-    for sigma, pub in PUBLISHED.items():
+def ffdnet_alone(prior, files: list[str], published: dict[int, float], label: str) -> None:
+    """The network on its own, every photo at its own size, against its published PSNR."""
+    for sigma, pub in published.items():
         ps = []
         for i, f in enumerate(files):
             x = t(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255)
-            y = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(i)) * sigma / 255
+            shape = x.shape if "grey" not in label else (1, 1, *x.shape[-2:])  # grey: the same grain in each channel
+            y = x + torch.randn(shape, generator=torch.Generator().manual_seed(i)) * sigma / 255
             ps.append(psnr(n(x), n(prior(y, sigma / 255))))
-        print(f"FFDNet alone, CBSD68 ({len(files)} images) sigma {sigma}: {np.mean(ps):.2f} dB "
+        print(f"FFDNet alone, {label} ({len(files)} images) sigma {sigma}: {np.mean(ps):.2f} dB "
               f"(published {pub:.2f}, {np.mean(ps) - pub:+.2f})", flush=True)
+
+
+def real_noise(classical, prior, files: list[str], crop: int, sheet: str) -> None:
+    """RNI15's real camera noise (no clean original, so no PSNR): the node's way (noise level estimated from the
+    photo), centre crops; the estimate per photo, CPU s/MP, and a contact sheet to look at."""
+    rows, labels, times = [], [], {"ours classical": [], "ours FFDNet": [], "CBM3D": []}
+    for f in files:
+        a = np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255
+        h, w = a.shape[:2]
+        c = min(crop, h, w)
+        y = a[(h - c) // 2:(h + c) // 2, (w - c) // 2:(w + c) // 2]
+        sigma = float(D.Denoise(t(y)).sigma_g[0])
+        outs = {"ours classical": lambda y=y: n(restore(D.Denoise(t(y)), classical)),
+                "ours FFDNet": lambda y=y: n(restore(D.Denoise(t(y)), prior))}
+        if bm3d is not None:
+            outs["CBM3D"] = lambda y=y, sigma=sigma: bm3d.bm3d_rgb(y, sigma)  # at our estimate: it has none
+        row = [y]
+        for k, fn in outs.items():
+            c0 = time.process_time()
+            row.append(np.asarray(fn(), dtype=np.float64))
+            times[k].append((time.process_time() - c0) / (c * c / 1e6))
+        rows.append(row)
+        labels.append(f"{os.path.basename(f)}: estimated sigma {sigma * 255:.1f}; input / " + " / ".join(outs))
+        print(f"real noise  {os.path.basename(f):<20} estimated sigma {sigma * 255:5.1f}", flush=True)
+    print("real noise  CPU s/MP: " + ", ".join(f"{k} {np.mean(v):.1f}" for k, v in times.items() if v)
+          + f"; contact sheet {sheet}", flush=True)
+    contact_sheet(rows, labels, sheet, width=200)
 
 
 def main() -> None:
@@ -200,22 +260,30 @@ def main() -> None:
     ap.add_argument("--ffdnet-images", type=int, default=68, help="CBSD68 images for FFDNet alone (full mode)")
     ap.add_argument("--threads", type=int, default=int(os.environ["OMP_NUM_THREADS"]),
                     help="torch threads (default: $OMP_NUM_THREADS, else 1)")
+    ap.add_argument("--sheet", default="/tmp/restoration_real_noise.png", help="RNI15 contact sheet (PNG)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, args.threads))
     torch.manual_seed(0)
     tmp = tempfile.mkdtemp()
     prior = load_prior(convert_mat(os.path.join(SHARED, "weights", "FFDNet_color.mat"),
                                    os.path.join(tmp, "ffdnet_color.safetensors")))
+    grey_prior = load_prior(convert_mat(os.path.join(SHARED, "weights", "FFDNet_gray.mat"),
+                                        os.path.join(tmp, "ffdnet_gray.safetensors")))
     crop, count = (80, 2) if args.quick else (None, args.images)
     sets = {"cbsd": load(os.path.join(DATA, "CBSD68"), count, crop or 256),
-            "set5": load(os.path.join(DATA, "Set5", "HR"), 2 if args.quick else 5, crop)}
-    print(f"CBSD68 {len(sets['cbsd'])} images ({crop or 256}px crops), Set5 {len(sets['set5'])} images; "
+            "set5": load(os.path.join(DATA, "Set5", "HR"), 2 if args.quick else 5, crop),
+            "set12": load_grey(os.path.join(DATA, "Set12"), count, crop or 256)}
+    print(f"CBSD68 {len(sets['cbsd'])} images ({crop or 256}px crops), Set5 {len(sets['set5'])} images, "
+          f"Set12 {len(sets['set12'])} grey images; "
           f"cv2={'yes' if cv2 else 'no'} bm3d={'yes' if bm3d else 'no'}; {torch.get_num_threads()} threads")
     if not args.quick:
-        ffdnet_alone(prior, args.ffdnet_images)
+        ffdnet_alone(prior, sorted(glob.glob(os.path.join(DATA, "CBSD68", "*.png")))[:args.ffdnet_images],
+                     PUBLISHED, "CBSD68")
+        ffdnet_alone(grey_prior, sorted(glob.glob(os.path.join(DATA, "Set12", "*.png"))), PUBLISHED_GREY,
+                     "Set12 grey")
     print(f"{'task':<16} {'method':<24} {'PSNR':>7} {'SSIM':>7} {'CPU s/MP':>9}")
     results: dict[str, dict[str, tuple[float, float, float]]] = {}
-    for name, which, make in tasks(prior):
+    for name, which, make in tasks(prior, grey_prior):
         rows: dict[str, list[tuple[float, float, float]]] = {}
         for i, clean in enumerate(sets[which]):
             methods = make(clean.astype(np.float64), np.random.default_rng(1000 + i))
@@ -230,6 +298,9 @@ def main() -> None:
         best = max((v[0], k) for k, v in results[name].items() if not k.startswith("ours"))
         print(f"{name:<16} -> FFDNet prior {results[name]['ours FFDNet'][0] - best[0]:+.2f} dB vs best baseline "
               f"({best[1]}); classical prior {results[name]['ours classical'][0] - best[0]:+.2f} dB", flush=True)
+    rni = sorted(glob.glob(os.path.join(DATA, "RNI15", "*")))
+    real_noise(DCTDenoiser(block_matching=True), prior, rni[::7][:2] if args.quick else rni, 128 if args.quick else 256,
+               args.sheet)
     keys = ["deblur gauss1.6", "deblur motion9", "SR x2", "SR x4"]
     gain = float(np.mean([results[k]["ours FFDNet"][0] - results[k]["ours classical"][0] for k in keys]))
     ours_t = float(np.mean([results[k]["ours FFDNet"][2] for k in keys]))

@@ -183,3 +183,57 @@ def test_bad_mat_files_are_refused(tmp_path):
         FF.read_mat(str(tmp_path / "x.mat"))
     with pytest.raises(LitError, match="FFDNet"):
         FF.build_from_state_dict({"w": torch.zeros(1)})
+
+
+# ------------------------------------------------------------------------------------ black-and-white photos
+
+
+def _set12(sigma: float, every: int = 1, crop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Set12 as ComfyUI loads a grey photo (three equal channels) and the same grey noise on all three, seeded per
+    image: the clean and the noisy batch (one image per call, the photos differ in size)."""
+    files = sorted(glob.glob(os.path.join(shared_path("data", "restoration", "Set12"), "*.png")))[::every]
+    assert files
+    for i, f in enumerate(files):
+        x = torch.from_numpy(np.asarray(Image.open(f).convert("L"), dtype=np.float32) / 255)[None, None]
+        if crop:
+            x = x[..., :crop, :crop]
+        n = torch.randn(x.shape, generator=torch.Generator().manual_seed(i)) * sigma / 255
+        yield x.expand(1, 3, *x.shape[-2:]), (x + n).expand(1, 3, *x.shape[-2:])
+
+
+def test_grey_ffdnet_reproduces_its_published_set12_numbers(tmp_path):
+    """The grey FFDNet (15 layers of 64) through the converter, on all 12 photos given as ComfyUI's three equal
+    channels: FFDNet's published Set12 numbers (TIP 2018) within 0.05 dB, one network pass per photo, not three."""
+    prior = P.load_prior(FF.convert_mat(shared_path("weights", "FFDNet_gray.mat"), str(tmp_path / "g.safetensors")))
+    assert prior.channels == 1
+    calls = []
+    inner = prior.call
+    prior.call = lambda x, s: calls.append(x.shape[0]) or inner(x, s)
+    for sigma, published in ((15, 32.75), (50, 27.32)):
+        got, count = [], 0
+        for clean, noisy in _set12(sigma):
+            out = prior(noisy, sigma / 255)
+            assert torch.equal(out[:, 0], out[:, 2])  # stays a grey photo
+            got.append(psnr255(out[:, :1], clean[:, :1]))
+            count += 1
+        assert abs(np.mean(got) - published) < 0.05, (sigma, np.mean(got))  # measured 32.755 / 27.310
+        assert sum(calls) == count  # one pass per photo
+        calls.clear()
+
+
+def test_colour_priors_on_a_grey_photo(ffdnet):
+    """Identical noise in the three channels of a grey photo is sqrt(3) times stronger in the luma than the
+    independent noise a colour denoiser assumes: both priors account for it (before, 5-6 dB were lost)."""
+    classical = DN.DCTDenoiser(block_matching=True)
+    for clean, noisy in _set12(25, every=4, crop=128):
+        ours = classical(noisy, 25 / 255)
+        assert torch.allclose(ours[:, 0], ours[:, 2])
+        coloured = noisy.clone()
+        coloured[:, 1] += 1e-3  # no longer exactly grey: the colour path, told the wrong noise in the luma
+        old = classical(coloured, 25 / 255)
+        assert psnr255(ours[:, :1], clean[:, :1]) > psnr255(old[:, :1], clean[:, :1]) + 3
+        net = ffdnet(noisy, 25 / 255)
+        with torch.no_grad():  # the colour network told the plain sigma: what the prior did before
+            plain = ffdnet.call(noisy, torch.full((1,), 25 / 255))
+        assert psnr255(net.mean(1, keepdim=True), clean[:, :1]) > psnr255(plain.mean(1, keepdim=True),
+                                                                            clean[:, :1]) + 3
