@@ -161,7 +161,8 @@ SAMPLER: dict[str, Param] = {
     "degradation": Param("denoise", "What happened to the image: the sampler inverts exactly this.",
                          kind="CHOICE", choices=RESTORE_TASKS),
     "noise_sigma": Param(0.0, "Noise std in 0..255 units; 0 estimates it from the image (denoise) or assumes clean "
-                              "data (other tasks).", low=0.0, high=255.0, step=0.5),
+                              "data (other tasks). The estimate reads camera grain and JPEG photos low: if grain "
+                              "is left, set 10-20 by eye.", low=0.0, high=255.0, step=0.5),
     "steps": Param(0, "Sampler steps; 0 uses the task's tuned default.", kind="INT", low=0, high=200),
     "seed": Param(0, "Seed of the re-noising (and of the diffusion prior): the same seed gives the same result.",
                   kind="INT", low=0, high=_SEED_MAX),
