@@ -7,7 +7,10 @@ Run: ``nice python bench/restoration.py [--quick]``. Full: FFDNet alone on all 6
 images at sigma 15/25/50 (against its published numbers), every method on ``--images`` CBSD68 and Set12 images and
 the 5 Set5 images. ``--quick``: 2 crops of 80x80 per set. Set12 is grey: loaded as ComfyUI does (three equal
 channels) with the same grain in all three, as a black-and-white photo has. RNI15 is real camera noise with no clean
-original: each photo's estimated noise level, the CPU time and a contact sheet (``--sheet``) to look at. PSNR is
+original: each photo's estimated noise level, the CPU time and a contact sheet (``--sheet``) to look at. The
+``noise estimate`` rows: the level the node reads at noise 0 against scikit-image's estimator, on white and on
+camera-like noise (a demosaiced sensor mosaic, then JPEG), and FFDNet's PSNR at each, on whole CBSD68 photos (4 in
+``--quick``). PSNR is
 measured on the uint8-quantised output (as FFDNet's paper does), RGB; time is CPU seconds per output megapixel
 (``time.process_time``). The last line: the mean gain of the FFDNet prior over the classical prior on deblur
 (Gaussian, motion) and SR (x2, x4), and its CPU time per megapixel there relative to CBM3D's on denoising.
@@ -226,6 +229,35 @@ def ffdnet_alone(prior, files: list[str], published: dict[int, float], label: st
               f"(published {pub:.2f}, {np.mean(ps) - pub:+.2f})", flush=True)
 
 
+def skimage_sigma(y: np.ndarray) -> float:
+    """scikit-image's noise estimate (MAD of the finest wavelet band), the one a user would reach for."""
+    return float(skr.estimate_sigma(y, channel_axis=-1, average_sigmas=True))
+
+
+def noise_estimate(prior, images: list[np.ndarray]) -> float:
+    """The node's noise estimate (noise 0) against scikit-image's, on white and camera-like (demosaiced, then JPEG)
+    noise: the level each reads and FFDNet's PSNR at it. Returns the mean gain on the camera-like rows."""
+    kinds = {"white 15": lambda x, g: D.add_noise(x, 15 / 255, 0, g),
+             "white 50": lambda x, g: D.add_noise(x, 50 / 255, 0, g),
+             "camera 12": lambda x, g: D.camera_noise(x, 12 / 255, g).clamp(0, 1),
+             "camera 12 + JPEG q85": lambda x, g: D.jpeg_compress(D.camera_noise(x, 12 / 255, g).clamp(0, 1), 85)}
+    gains = []
+    for kind, make in kinds.items():
+        rows = []
+        for i, clean in enumerate(images):
+            x = t(clean)
+            y = make(x, torch.Generator().manual_seed(2000 + i))
+            theirs, ours = skimage_sigma(n(y)), float(D.estimate_sigma(y)[0])
+            rows.append((theirs * 255, ours * 255, psnr(clean, n(restore(D.Denoise(y, theirs), prior))),
+                         psnr(clean, n(restore(D.Denoise(y), prior)))))
+        m = np.mean(rows, axis=0)
+        print(f"noise estimate  {kind:<22} scikit-image reads {m[0]:5.1f}, ours {m[1]:5.1f}; FFDNet at theirs "
+              f"{m[2]:.2f} dB, at ours {m[3]:.2f} ({m[3] - m[2]:+.2f})", flush=True)
+        if kind.startswith("camera"):
+            gains.append(m[3] - m[2])
+    return float(np.mean(gains))
+
+
 def real_noise(classical, prior, files: list[str], crop: int, sheet: str) -> None:
     """RNI15's real camera noise (no clean original, so no PSNR): the node's way (noise level estimated from the
     photo), centre crops; the estimate per photo, CPU s/MP, and a contact sheet to look at."""
@@ -247,7 +279,8 @@ def real_noise(classical, prior, files: list[str], crop: int, sheet: str) -> Non
             times[k].append((time.process_time() - c0) / (c * c / 1e6))
         rows.append(row)
         labels.append(f"{os.path.basename(f)}: estimated sigma {sigma * 255:.1f}; input / " + " / ".join(outs))
-        print(f"real noise  {os.path.basename(f):<20} estimated sigma {sigma * 255:5.1f}", flush=True)
+        print(f"real noise  {os.path.basename(f):<20} estimated sigma {sigma * 255:5.1f} "
+              f"(scikit-image {skimage_sigma(y) * 255:4.1f})", flush=True)
     print("real noise  CPU s/MP: " + ", ".join(f"{k} {np.mean(v):.1f}" for k, v in times.items() if v)
           + f"; contact sheet {sheet}", flush=True)
     contact_sheet(rows, labels, sheet, width=200)
@@ -298,6 +331,8 @@ def main() -> None:
         best = max((v[0], k) for k, v in results[name].items() if not k.startswith("ours"))
         print(f"{name:<16} -> FFDNet prior {results[name]['ours FFDNet'][0] - best[0]:+.2f} dB vs best baseline "
               f"({best[1]}); classical prior {results[name]['ours classical'][0] - best[0]:+.2f} dB", flush=True)
+    # whole photos, as a user denoises them (a small crop of pure texture has nothing flat to read)
+    noise_gain = noise_estimate(prior, load(os.path.join(DATA, "CBSD68"), 4 if args.quick else count, None))
     rni = sorted(glob.glob(os.path.join(DATA, "RNI15", "*")))
     real_noise(DCTDenoiser(block_matching=True), prior, rni[::7][:2] if args.quick else rni, 128 if args.quick else 256,
                args.sheet)
@@ -306,6 +341,7 @@ def main() -> None:
     ours_t = float(np.mean([results[k]["ours FFDNet"][2] for k in keys]))
     cbm3d = [results[k]["CBM3D"][2] for k in results if "CBM3D" in results[k]]
     cbm3d_t = float(np.mean(cbm3d)) if cbm3d else float("nan")
+    print(f"noise estimate: camera-like noise {noise_gain:+.2f} dB with FFDNet vs scikit-image's estimate")
     print(f"deblur_sr_mean_gain: {gain:+.2f} dB ({ours_t / cbm3d_t:.2f}x time vs CBM3D)")
 
 

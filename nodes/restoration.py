@@ -51,6 +51,14 @@ def _check_rgb(image) -> None:
     check_image_batch(image, input_name="image", channels=(3, 4), min_size=8)
 
 
+def _noise_note(op) -> str:
+    """The noise level a denoise ran at, when it was read from the photo (so a wrong read can be overridden)."""
+    if not getattr(op, "sigma_estimated", False):
+        return ""
+    levels = ", ".join(f"{float(s) * 255:.1f}" for s in op.sigma_g)
+    return f"; noise level {levels} (of 255) estimated from the photo: set noise_sigma to override"
+
+
 class LiTRestorationSampler:
     DISPLAY = "LiT Restoration Sampler"
     DESCRIPTION = ("Restores a damaged photo given what happened to it (noise, blur, missing pixels, low "
@@ -141,7 +149,7 @@ class LiTRestorationSampler:
         else:
             out = run_restore(denoiser)
         result = out.permute(0, 2, 3, 1).float().cpu().contiguous()
-        report = f"{degradation}: {denoiser.note}; {n_steps} steps"
+        report = f"{degradation}: {denoiser.note}; {n_steps} steps{_noise_note(op)}"
         print(f"[LiT Restoration Sampler] {report}")
         ui = compare_ui(image[..., :3], result, "lit_restore")
         ui["text"] = [report]
@@ -188,7 +196,9 @@ class LiTDegrade:
             raise LitError(f"unknown damage '{damage}'.", input_name="damage",
                            fix=f"choose one of {', '.join(DAMAGES)}.")
         kind, param = DAMAGES[damage]
-        if kind == "noise":
+        if kind == "noise" and param == "camera":
+            x = deg.camera_noise(x, sigma, gen)
+        elif kind == "noise":
             gain = poisson_gain / 255.0 if param == "poisson" else 0.0
             x = deg.add_noise(x, sigma, gain, gen)
         elif kind == "blur":

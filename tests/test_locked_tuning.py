@@ -384,9 +384,12 @@ def test_class_name_captions_report_zero_shot_accuracy(tower, text_tower):
     assert result.before_metrics["chance"] == pytest.approx(1 / 12)
     assert [v["step"] for v in result.val_history] == [0, 30, 60]
     # Step 0 is the closed-form ridge start, which already learns from the captions: the class names must be
-    # told apart far above chance there, and the kept state may only be as good or better on validation.
+    # told apart far above chance there. The kept state is chosen on validation recall (not on zero-shot accuracy,
+    # which can dip by a validation image or two as recall rises: 0.71 -> 0.62 on one CPU, equal on another), so
+    # recall may only rise and the accuracy must stay far above chance.
     before, best = result.before_metrics["zero_shot_acc"], result.best_metrics["zero_shot_acc"]
-    assert before >= 0.5 and best >= before
+    assert before >= 0.5 and best >= 0.5
+    assert _recall(result.best_metrics) >= _recall(result.before_metrics)
     # and the kept adapter names unseen shapes far better than an untrained head does
     unseen_images, _, unseen_labels = shapes_data.synthetic_shapes(48, seed=22)
     unseen = (unseen_images, unseen_labels)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..common.errors import LitError
 from ..common.validate import check_finite
+from . import noise_level
 from .dct import dct_matrix
 
 # Noise-free observations are still 8-bit quantised; a floor keeps the data weight finite.
@@ -73,17 +74,9 @@ def _bc(v: Tensor) -> Tensor:
 
 
 def estimate_sigma(y: Tensor) -> Tensor:
-    """Gaussian noise std per image from the median absolute deviation of the finest diagonal Haar band.
-
-    The same estimator as ``skimage.restoration.estimate_sigma`` (Donoho's MAD / 0.6745, averaged over channels),
-    in torch so it runs on the device.
-    """
+    """The noise std ``[B]`` of each image (0..1 units), white or camera-correlated: see :mod:`.noise_level`."""
     check_image(y, "image")
-    h, w = y.shape[-2] // 2 * 2, y.shape[-1] // 2 * 2
-    v = y[..., :h, :w].float()
-    hh = (v[..., 0::2, 0::2] - v[..., 0::2, 1::2] - v[..., 1::2, 0::2] + v[..., 1::2, 1::2]) / 2
-    mad = hh.abs().flatten(2).median(dim=-1).values / 0.6745
-    return mad.mean(dim=1).clamp_min(1e-4)
+    return noise_level.estimate_sigma(y)
 
 
 # ----------------------------------------------------------------------------------------------- kernels
@@ -195,6 +188,7 @@ class Denoise(Degradation):
             raise LitError("the Poisson gain must be >= 0.", input_name="poisson_gain")
         self.y = y.float()
         s = estimate_sigma(self.y) if sigma is None else as_sigma(sigma, y.shape[0], y.device)
+        self.sigma_estimated = sigma is None  # the node's report says so: the user can override a wrong read
         self.gain = float(gain)
         # the schedule needs one number per image: the noise std at mid-grey
         self.var_n = (s ** 2 + self.gain * self.y.mean(dim=(1, 2, 3))).clamp_min(SIGMA_FLOOR ** 2)
@@ -585,6 +579,30 @@ def add_noise(x: Tensor, sigma: float, gain: float = 0.0, generator: torch.Gener
     n = torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
     var = sigma ** 2 + gain * x.clamp(0, 1)
     return x + n * torch.as_tensor(var).sqrt()
+
+
+def camera_noise(x: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
+    """``x`` [B,3,H,W] plus noise as a camera makes it: Gaussian sensor noise of std ``sigma`` (0..1 units) on an
+    RGGB Bayer mosaic, interpolated to every pixel by bilinear demosaicing. The grain is spatially and colour
+    correlated (the finest detail band sees a third of it, which is what a white-noise estimator misses on real
+    photos); the image itself is not re-mosaiced, since a camera's own demosaicing leaves far fewer artefacts than
+    bilinear would."""
+    if sigma < 0:
+        raise LitError("noise levels must be >= 0.", input_name="noise_sigma")
+    if x.shape[1] != 3:
+        raise LitError(f"camera noise needs a 3-channel image, got {x.shape[1]}.", input_name="image")
+    b, _, h, w = x.shape
+    cfa = torch.zeros(1, 3, h, w, device=x.device, dtype=x.dtype)  # which colour each photosite records
+    cfa[:, 0, 0::2, 0::2] = 1
+    cfa[:, 1, 0::2, 1::2] = 1
+    cfa[:, 1, 1::2, 0::2] = 1
+    cfa[:, 2, 1::2, 1::2] = 1
+    n = torch.randn((b, 1, h, w), generator=generator, device="cpu").to(x.device, x.dtype) * sigma
+    k_rb = torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]) / 4
+    k_g = torch.tensor([[0.0, 1, 0], [1, 4, 1], [0, 1, 0]]) / 4
+    k = torch.stack([k_rb, k_g, k_rb])[:, None].to(x.device, x.dtype)
+    # each channel's samples, interpolated where the mosaic has none (reflect keeps the RGGB phase at the border)
+    return x + F.conv2d(F.pad(n * cfa, (1, 1, 1, 1), mode="reflect"), k, groups=3)
 
 
 def random_mask(shape: tuple[int, int, int], fraction: float, generator: torch.Generator | None = None) -> Tensor:

@@ -116,7 +116,7 @@ RESTORE_TASKS = list(TASKS)
 
 # The Degrade node's damage, in the same vocabulary: its kind and parameter, as for the tasks above.
 DAMAGES: dict[str, tuple[str, str | int | None]] = {
-    "noise": ("noise", None), "poisson noise": ("noise", "poisson"),
+    "noise": ("noise", None), "poisson noise": ("noise", "poisson"), "camera noise": ("noise", "camera"),
     "blur (gaussian)": ("blur", "gaussian"), "blur (motion)": ("blur", "motion"),
     "random pixels": ("mask", "random"), "scratches": ("mask", "scratches"),
     "downscale x2": ("downscale", 2), "downscale x3": ("downscale", 3), "downscale x4": ("downscale", 4),
@@ -160,9 +160,11 @@ _SEED_MAX = 0xFFFFFFFFFFFFFFFF
 SAMPLER: dict[str, Param] = {
     "degradation": Param("denoise", "What happened to the image: the sampler inverts exactly this.",
                          kind="CHOICE", choices=RESTORE_TASKS),
-    "noise_sigma": Param(0.0, "Noise std in 0..255 units; 0 estimates it from the image (denoise) or assumes clean "
-                              "data (other tasks). The estimate reads camera grain and JPEG photos low: if grain "
-                              "is left, set 10-20 by eye.", low=0.0, high=255.0, step=0.5),
+    "noise_sigma": Param(0.0, "Noise std in 0..255 units; 0 estimates it from the image (denoise: white noise and "
+                              "camera grain alike; the report says what it read) or assumes clean data (other "
+                              "tasks). Grain under strong JPEG compression reads low (raise it if grain is left), "
+                              "texture everywhere reads high (lower it if detail is lost).",
+                         low=0.0, high=255.0, step=0.5),
     "steps": Param(0, "Sampler steps; 0 uses the task's tuned default.", kind="INT", low=0, high=200),
     "seed": Param(0, "Seed of the re-noising (and of the diffusion prior): the same seed gives the same result.",
                   kind="INT", low=0, high=_SEED_MAX),
@@ -189,7 +191,8 @@ SAMPLER: dict[str, Param] = {
 DEGRADE: dict[str, Param] = {
     "damage": Param("noise", "The kind of damage.", kind="CHOICE", choices=DAMAGE),
     "noise_sigma": Param(25.0, "Gaussian noise std in 0..255 units, added for 'noise', 'poisson noise' and after "
-                               "'blur'/'downscale' (0 = none).", low=0.0, high=255.0, step=0.5),
+                               "'blur'/'downscale' (0 = none); for 'camera noise' the sensor's, before "
+                               "demosaicing (grain correlated as a camera's).", low=0.0, high=255.0, step=0.5),
     "seed": Param(0, "Seed of the noise and masks.", kind="INT", low=0, high=_SEED_MAX),
     "blur_sigma": Param(2.0, "Blur (gaussian): std in pixels.", low=0.1, high=20.0, step=0.1),
     "motion_length": Param(9.0, "Blur (motion): streak length in pixels.", low=1.0, high=100.0, step=0.5),

@@ -1,0 +1,104 @@
+"""The noise level of a photo, read from its flattest 8x8 blocks (what the Restoration Sampler uses at noise 0).
+
+White noise spreads evenly over every DCT coefficient, so the finest band (u+v = 8..14) measures it with almost no
+texture in the way. Camera noise is not white: demosaicing, the camera's own noise reduction and JPEG leave it
+spatially correlated, most of it in the coarse AC band (u+v = 2..3), and the finest band then reads it 2-5x low
+(scikit-image's MAD estimator reads the finest wavelet band, and has the same blind spot). A denoiser conditioned
+on one number wants about the coarse band's level for such noise (measured with FFDNet, ``bench/README.md``).
+
+For each band the blocks whose *other* AC coefficients are the smallest are taken as flat (Ponomarenko et al.'s
+idea: noise in different coefficients is independent, so selecting on the others does not bias the band, while
+texture rarely sits in one band alone); the band's median energy in them, corrected for the median of a chi-square,
+is its noise variance. Blocks touching clipped pixels are left out: clipping removes noise. When the coarse band
+reads clearly above the fine one the noise is taken as correlated and the level moves to the coarse band's; a
+textured photo with white noise reads up to ~1.25x higher there, so below that ratio the fine band stands.
+
+The limit: a photo (or a small crop) with texture everywhere has no flat block, both bands read the texture, and the
+level comes out high (a 192 px crop of CBSD68's 167083, foliage edge to edge, reads 36/255 for grain a denoiser
+handles best at 12; the whole photo reads 15). The Restoration Sampler's report states the level it read for that
+reason, and ``noise_sigma`` overrides it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .dct import dct_matrix
+
+FINE_BAND = (8, 14)  # u + v of the 8x8 DCT coefficients
+COARSE_BAND = (2, 3)
+FLAT_FRACTION = 0.02  # of the blocks, the flattest in the other coefficients
+MIN_BLOCKS = 16
+MAX_BLOCKS = 1 << 17  # per channel; large photos are sampled on a coarser grid (the estimate needs no more)
+CLIP_MARGIN = 1.5 / 255  # pixels this close to 0 or 1 count as clipped
+# coarse / fine ratio: white noise on textured photos reads up to ~1.25 (CBSD68), correlated noise 1.5-13
+CORRELATED_FROM, CORRELATED_AT = 1.25, 1.6
+
+_UV = (torch.arange(8)[:, None] + torch.arange(8)[None, :]).flatten()
+
+
+def _band_mask(band: tuple[int, int]) -> Tensor:
+    return (_UV >= band[0]) & (_UV <= band[1])
+
+
+def _chi2_median_over_mean(k: int) -> float:
+    """median / mean of a chi-square with ``k`` degrees of freedom (Wilson-Hilferty)."""
+    return (1 - 2 / (9 * k)) ** 3
+
+
+def _stride(h: int, w: int) -> int:
+    s = 4
+    while ((h - 8) // s + 1) * ((w - 8) // s + 1) > MAX_BLOCKS:
+        s += 1
+    return s
+
+
+def band_sigmas(y: Tensor) -> Tensor:
+    """``[B, 2]``: the noise std (0..1 units) each image shows in the fine and the coarse DCT band, mean over
+    channels. ``y`` is ``[B, C, H, W]`` in 0..1, at least 8x8."""
+    b, c, h, w = y.shape
+    k2 = torch.kron(dct_matrix(8), dct_matrix(8)).to(y.device)  # row u*8+v: the 2-D basis function (u, v)
+    ac = (_UV > 0).to(y.device)
+    bands = [_band_mask(FINE_BAND).to(y.device), _band_mask(COARSE_BAND).to(y.device)]
+    stride = _stride(h, w)
+    out = torch.zeros(b, c, len(bands), device=y.device)
+    for i in range(b):
+        for ch in range(c):
+            p = F.unfold(y[i:i + 1, ch:ch + 1].float(), 8, stride=stride)[0]  # [64, blocks]
+            # Only data that stays in 0..1 can have been clipped; leaving out blocks of unclipped data that merely
+            # reach a bound would select blocks whose noise happened to be small, and read it low.
+            if p.min() >= 0 and p.max() <= 1:
+                clipped = ((p <= CLIP_MARGIN) | (p >= 1 - CLIP_MARGIN)).any(0)
+                if int((~clipped).sum()) >= MIN_BLOCKS:
+                    p = p[:, ~clipped]
+            energy = (k2 @ p) ** 2
+            for j, band in enumerate(bands):
+                others = energy[ac & ~band].sum(0)
+                n = min(others.numel(), max(MIN_BLOCKS, int(FLAT_FRACTION * others.numel())))
+                flat = others.topk(n, largest=False).indices
+                k = int(band.sum())
+                var = energy[band][:, flat].sum(0).median() / k / _chi2_median_over_mean(k)
+                out[i, ch, j] = var.sqrt()
+    return out.mean(dim=1)
+
+
+def combine(fine: Tensor, coarse: Tensor) -> Tensor:
+    """The level a one-number denoiser should get: the fine band's for white noise, the coarse band's once the
+    noise is clearly correlated, a blend in between (so the estimate never jumps)."""
+    ratio = coarse / fine.clamp_min(1e-6)
+    w = ((ratio - CORRELATED_FROM) / (CORRELATED_AT - CORRELATED_FROM)).clamp(0, 1)
+    return fine + w * (coarse - fine).clamp_min(0)
+
+
+def estimate_sigma(y: Tensor) -> Tensor:
+    """The noise std ``[B]`` (0..1 units) of each image in ``[B, C, H, W]`` (0..1), white or camera-correlated."""
+    s = band_sigmas(y)
+    return combine(s[:, 0], s[:, 1]).clamp_min(1e-4)
+
+
+def is_correlated(y: Tensor) -> Tensor:
+    """``[B]`` bool: the noise reads as correlated (camera grain, JPEG), not white."""
+    s = band_sigmas(y)
+    return s[:, 1] / s[:, 0].clamp_min(1e-6) > CORRELATED_FROM
