@@ -55,7 +55,7 @@ def _noise_note(op) -> str:
     """The noise level a denoise ran at, when it was read from the photo (so a wrong read can be overridden)."""
     if not getattr(op, "sigma_estimated", False):
         return ""
-    levels = ", ".join(f"{float(s) * 255:.1f}" for s in op.sigma_g)
+    levels = ", ".join(f"{float(s) * 255:.1f}" for s in op.noise_level)
     return f"; noise level {levels} (of 255) estimated from the photo: set noise_sigma to override"
 
 
@@ -202,7 +202,8 @@ class LiTDegrade:
             gain = poisson_gain / 255.0 if param == "poisson" else 0.0
             x = deg.add_noise(x, sigma, gain, gen)
         elif kind == "blur":
-            x = deg.Deblur(x, kernel_for(damage, blur_sigma, motion_length, motion_angle)).apply(x)
+            x = deg.Deblur(x, kernel_for(damage, blur_sigma, motion_length, motion_angle),
+                           deg.SIGMA_FLOOR).apply(x)  # only blurs: no noise level to read
             x = deg.add_noise(x, sigma, 0.0, gen) if sigma > 0 else x
         elif kind == "mask":
             if param == "random":

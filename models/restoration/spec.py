@@ -160,10 +160,10 @@ _SEED_MAX = 0xFFFFFFFFFFFFFFFF
 SAMPLER: dict[str, Param] = {
     "degradation": Param("denoise", "What happened to the image: the sampler inverts exactly this.",
                          kind="CHOICE", choices=RESTORE_TASKS),
-    "noise_sigma": Param(0.0, "Noise std in 0..255 units; 0 estimates it from the image (denoise: white noise and "
-                              "camera grain alike; the report says what it read) or assumes clean data (other "
-                              "tasks). Grain under strong JPEG compression reads low (raise it if grain is left), "
-                              "texture everywhere reads high (lower it if detail is lost).",
+    "noise_sigma": Param(0.0, "Noise std in 0..255 units; 0 estimates it from the image (denoise and deblur: white "
+                              "noise and camera grain alike; the report says what it read) or assumes clean data "
+                              "(other tasks). Grain under strong JPEG compression reads low (raise it if grain is "
+                              "left), texture everywhere reads high (lower it if detail is lost).",
                          low=0.0, high=255.0, step=0.5),
     "steps": Param(0, "Sampler steps; 0 uses the task's tuned default.", kind="INT", low=0, high=200),
     "seed": Param(0, "Seed of the re-noising (and of the diffusion prior): the same seed gives the same result.",

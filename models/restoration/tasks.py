@@ -45,8 +45,7 @@ def _operator(name: str, y: torch.Tensor, *, noise_sigma: float, poisson_gain: f
     if kind == "denoise":
         return deg.Denoise(y, sigma, gain=poisson_gain / 255.0)
     if kind == "deblur":
-        return deg.Deblur(y, kernel_for(name, blur_sigma, motion_length, motion_angle),
-                          sigma if sigma is not None else deg.SIGMA_FLOOR)
+        return deg.Deblur(y, kernel_for(name, blur_sigma, motion_length, motion_angle), sigma)
     if kind == "inpaint":
         if mask is None:
             raise LitError("inpainting needs a mask (white = missing).", input_name="mask",
