@@ -198,3 +198,13 @@ def test_deblur_at_noise_zero_reads_the_noise_instead_of_assuming_none():
     assert 6 < level < 12, text
     assert auto > assumed_clean + 5 and auto > given - 0.5, (auto, assumed_clean, given)
     assert "estimated" not in given_text
+
+
+def test_noise_so_strong_that_every_block_clips_is_still_read():
+    """At 60-80/255 nearly every 8x8 block touches 0 or 1; the least clipped blocks still carry the noise (taking
+    every block instead read 60 as 38 and 80 as 42 here, and RNI15's Flowers as 46, leaving its grain in)."""
+    x = _photo()
+    for sigma, seed in ((60, 11), (80, 12)):
+        y = (x + _noise(x.shape, seed) * sigma / 255).clamp(0, 1)
+        ours = float(D.estimate_sigma(y)[0]) * 255
+        assert 0.8 * sigma < ours < 1.05 * sigma, (sigma, ours)

@@ -9,14 +9,17 @@ on one number wants about the coarse band's level for such noise (measured with 
 For each band the blocks whose *other* AC coefficients are the smallest are taken as flat (Ponomarenko et al.'s
 idea: noise in different coefficients is independent, so selecting on the others does not bias the band, while
 texture rarely sits in one band alone); the band's median energy in them, corrected for the median of a chi-square,
-is its noise variance. Blocks touching clipped pixels are left out: clipping removes noise. When the coarse band
+is its noise variance. Blocks touching clipped pixels are left out: clipping removes noise (where nearly every
+block clips, under very strong noise, the least clipped ones are read). When the coarse band
 reads clearly above the fine one the noise is taken as correlated and the level moves to the coarse band's; a
 textured photo with white noise reads up to ~1.25x higher there, so below that ratio the fine band stands.
 
 The limit: a photo (or a small crop) with texture everywhere has no flat block, both bands read the texture, and the
 level comes out high (a 192 px crop of CBSD68's 167083, foliage edge to edge, reads 36/255 for grain a denoiser
 handles best at 12; the whole photo reads 15). The Restoration Sampler's report states the level it read for that
-reason, and ``noise_sigma`` overrides it.
+reason, and ``noise_sigma`` overrides it. Noise that grows with brightness (shot noise read before the camera's
+tone curve flattens it, as in RNI15's Pattern2: ~8/255 in the shadows, ~44 in the highlights) is read at its
+flattest areas' level, often the dark ones, and a one-number denoiser then leaves the bright areas grainy.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ FLAT_FRACTION = 0.02  # of the blocks, the flattest in the other coefficients
 MIN_BLOCKS = 16
 MAX_BLOCKS = 1 << 17  # per channel; large photos are sampled on a coarser grid (the estimate needs no more)
 CLIP_MARGIN = 1.5 / 255  # pixels this close to 0 or 1 count as clipped
+LEAST_CLIPPED = 4 * MIN_BLOCKS  # blocks kept where (nearly) all clip
 # coarse / fine ratio: white noise on textured photos reads up to ~1.25 (CBSD68), correlated noise 1.5-13
 CORRELATED_FROM, CORRELATED_AT = 1.25, 1.6
 
@@ -70,9 +74,14 @@ def band_sigmas(y: Tensor) -> Tensor:
             # Only data that stays in 0..1 can have been clipped; leaving out blocks of unclipped data that merely
             # reach a bound would select blocks whose noise happened to be small, and read it low.
             if p.min() >= 0 and p.max() <= 1:
-                clipped = ((p <= CLIP_MARGIN) | (p >= 1 - CLIP_MARGIN)).any(0)
-                if int((~clipped).sum()) >= MIN_BLOCKS:
-                    p = p[:, ~clipped]
+                clipped = ((p <= CLIP_MARGIN) | (p >= 1 - CLIP_MARGIN)).sum(0)
+                # noise so strong that nearly every block clips: the least clipped blocks (keeping every block
+                # read 80/255 noise as 45)
+                keep = max(LEAST_CLIPPED, int(FLAT_FRACTION * clipped.numel()))
+                if int((clipped == 0).sum()) >= keep:
+                    p = p[:, clipped == 0]
+                elif clipped.numel() > keep:
+                    p = p[:, clipped.topk(keep, largest=False).indices]
             energy = (k2 @ p) ** 2
             for j, band in enumerate(bands):
                 others = energy[ac & ~band].sum(0)
