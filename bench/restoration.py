@@ -9,7 +9,8 @@ the 5 Set5 images. ``--quick``: 2 crops of 80x80 per set. Set12 is grey: loaded 
 channels) with the same grain in all three, as a black-and-white photo has. RNI15 is real camera noise with no clean
 original: each photo's estimated noise level, the CPU time and a contact sheet (``--sheet``) to look at. The
 ``noise estimate`` rows: the level the node reads at noise 0 against scikit-image's estimator, on white and on
-camera-like noise (a demosaiced sensor mosaic, then JPEG), and FFDNet's PSNR at each, on whole CBSD68 photos (4 in
+camera-like noise (a demosaiced sensor mosaic, then JPEG) and shot noise (growing with brightness), and FFDNet's
+PSNR at each, on whole CBSD68 photos (4 in
 ``--quick``); and a deblur at noise 0 (the level read, where it used to assume clean data). PSNR is
 measured on the uint8-quantised output (as FFDNet's paper does), RGB; time is CPU seconds per output megapixel
 (``time.process_time``). The last line: the mean gain of the FFDNet prior over the classical prior on deblur
@@ -240,7 +241,8 @@ def noise_estimate(prior, images: list[np.ndarray]) -> float:
     kinds = {"white 15": lambda x, g: D.add_noise(x, 15 / 255, 0, g),
              "white 50": lambda x, g: D.add_noise(x, 50 / 255, 0, g),
              "camera 12": lambda x, g: D.camera_noise(x, 12 / 255, g).clamp(0, 1),
-             "camera 12 + JPEG q85": lambda x, g: D.jpeg_compress(D.camera_noise(x, 12 / 255, g).clamp(0, 1), 85)}
+             "camera 12 + JPEG q85": lambda x, g: D.jpeg_compress(D.camera_noise(x, 12 / 255, g).clamp(0, 1), 85),
+             "shot noise (gain .02)": lambda x, g: D.add_noise(x, 2 / 255, 0.02, g).clamp(0, 1)}
     gains = []
     for kind, make in kinds.items():
         rows = []

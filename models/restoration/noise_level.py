@@ -17,9 +17,13 @@ textured photo with white noise reads up to ~1.25x higher there, so below that r
 The limit: a photo (or a small crop) with texture everywhere has no flat block, both bands read the texture, and the
 level comes out high (a 192 px crop of CBSD68's 167083, foliage edge to edge, reads 36/255 for grain a denoiser
 handles best at 12; the whole photo reads 15). The Restoration Sampler's report states the level it read for that
-reason, and ``noise_sigma`` overrides it. Noise that grows with brightness (shot noise read before the camera's
-tone curve flattens it, as in RNI15's Pattern2: ~8/255 in the shadows, ~44 in the highlights) is read at its
-flattest areas' level, often the dark ones, and a one-number denoiser then leaves the bright areas grainy.
+reason, and ``noise_sigma`` overrides it.
+
+Noise that grows with brightness (shot noise, as in RNI15's Pattern2: ~8/255 in the shadows, ~44 in the
+highlights) would be read at the flattest areas' level, often the dark ones, and a one-number denoiser would leave
+the bright areas grainy. So the fine band is also read per brightness bin and averaged over the photo; that reading
+is taken once it is clearly above the flattest blocks'. The coarse band is not: read per bin, it took texture for
+noise on clean photos.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ MIN_BLOCKS = 16
 MAX_BLOCKS = 1 << 17  # per channel; large photos are sampled on a coarser grid (the estimate needs no more)
 CLIP_MARGIN = 1.5 / 255  # pixels this close to 0 or 1 count as clipped
 LEAST_CLIPPED = 4 * MIN_BLOCKS  # blocks kept where (nearly) all clip
+BRIGHTNESS_BINS = 6  # the fine band is also read per brightness bin (noise that grows with brightness)
+# per-bin / flattest-blocks reading (std): white noise reads 0.95-1.07, shot noise 1.2-1.5 (CBSD68 crops)
+BRIGHTER_FROM, BRIGHTER_AT = 1.1, 1.25
 # coarse / fine ratio: white noise on textured photos reads up to ~1.25 (CBSD68), correlated noise 1.5-13
 CORRELATED_FROM, CORRELATED_AT = 1.25, 1.6
 
@@ -71,6 +78,7 @@ def band_sigmas(y: Tensor) -> Tensor:
     for i in range(b):
         for ch in range(c):
             p = F.unfold(y[i:i + 1, ch:ch + 1].float(), 8, stride=stride)[0]  # [64, blocks]
+            brightness = p.mean(0)  # of every block, clipped ones too: how much of the photo each level covers
             # Only data that stays in 0..1 can have been clipped; leaving out blocks of unclipped data that merely
             # reach a bound would select blocks whose noise happened to be small, and read it low.
             if p.min() >= 0 and p.max() <= 1:
@@ -84,13 +92,42 @@ def band_sigmas(y: Tensor) -> Tensor:
                     p = p[:, clipped.topk(keep, largest=False).indices]
             energy = (k2 @ p) ** 2
             for j, band in enumerate(bands):
-                others = energy[ac & ~band].sum(0)
-                n = min(others.numel(), max(MIN_BLOCKS, int(FLAT_FRACTION * others.numel())))
-                flat = others.topk(n, largest=False).indices
-                k = int(band.sum())
-                var = energy[band][:, flat].sum(0).median() / k / _chi2_median_over_mean(k)
+                others, inband, k = energy[ac & ~band].sum(0), energy[band].sum(0), int(band.sum())
+                var = _flat_variance(inband, others, k)
+                if j == 0:  # taken once clearly above the flattest blocks' (the max of two reads would bias up)
+                    binned = _variance_by_brightness(inband, others, k, p.mean(0), brightness)
+                    ratio = (binned / var.clamp_min(1e-12)).sqrt()
+                    var = var + ((ratio - BRIGHTER_FROM) / (BRIGHTER_AT - BRIGHTER_FROM)).clamp(0, 1) * (
+                        binned - var).clamp_min(0)
                 out[i, ch, j] = var.sqrt()
     return out.mean(dim=1)
+
+
+def _flat_variance(inband: Tensor, others: Tensor, k: int) -> Tensor:
+    """The band's noise variance per coefficient in the blocks flattest in the other coefficients."""
+    n = min(others.numel(), max(MIN_BLOCKS, int(FLAT_FRACTION * others.numel())))
+    flat = others.topk(n, largest=False).indices
+    return inband[flat].median() / k / _chi2_median_over_mean(k)
+
+
+def _variance_by_brightness(inband: Tensor, others: Tensor, k: int, level: Tensor, photo_level: Tensor) -> Tensor:
+    """The flat-block variance read in each of ``BRIGHTNESS_BINS`` brightness bins (quantiles of the kept blocks'
+    mean ``level``), averaged with each bin's share of the photo (``photo_level``: every block's mean). Noise that
+    grows with brightness (shot noise) is then read at the photo's mean level, not at its flattest (often darkest)
+    areas'; only for the fine band, where little texture gets in (read per bin, the coarse band read texture as
+    noise on clean photos)."""
+    bins = min(BRIGHTNESS_BINS, level.numel() // (4 * MIN_BLOCKS))
+    if bins < 2:
+        return _flat_variance(inband, others, k)
+    edges = torch.quantile(level, torch.linspace(0, 1, bins + 1, device=level.device)[1:-1])
+    which = torch.bucketize(level, edges)
+    share = torch.bincount(torch.bucketize(photo_level, edges), minlength=bins).float()
+    var, total = inband.new_zeros(()), share.new_zeros(())
+    for q in range(bins):
+        sel = which == q
+        if int(sel.sum()) >= MIN_BLOCKS:  # tied levels (a flat synthetic image) leave bins empty
+            var, total = var + share[q] * _flat_variance(inband[sel], others[sel], k), total + share[q]
+    return var / total if total > 0 else _flat_variance(inband, others, k)
 
 
 def combine(fine: Tensor, coarse: Tensor) -> Tensor:
