@@ -220,3 +220,27 @@ def test_noise_that_grows_with_brightness_is_read_at_the_photos_mean_level(gain)
     level = float((4 / 255 ** 2 + gain * x).mean().sqrt()) * 255
     ours = float(D.estimate_sigma(y)[0]) * 255
     assert abs(ours - level) < 0.08 * level, (ours, level)
+
+
+def test_a_given_poisson_gain_is_not_counted_twice():
+    """With poisson_gain set and the level estimated, the level read already holds the shot noise: only the rest is
+    the Gaussian part, so the total at mid-grey stays what the photo shows."""
+    x = _photo()
+    gain = 0.01
+    y = D.add_noise(x, 5 / 255, gain, _gen(14)).clamp(0, 1)
+    op = D.Denoise(y, None, gain=gain)
+    total = float(op.var_n[0].sqrt()) * 255  # the schedule's level: Gaussian part + gain * the photo's mean
+    truth = float((25 / 255 ** 2 + gain * x.mean()).sqrt()) * 255
+    assert abs(total - truth) < 0.08 * truth, (total, truth)
+    assert float(op.sigma_g[0]) * 255 < 10  # the read noise (5), not the whole level (~17)
+
+
+def test_large_photos_are_read_on_a_coarser_grid_just_as_well(monkeypatch):
+    """Above MAX_BLOCKS the blocks are taken every 5+ px (gaps between them): the reading must not change."""
+    x = _photo()
+    y = x + _noise(x.shape, 15) * 20 / 255
+    fine = float(D.estimate_sigma(y)[0]) * 255
+    monkeypatch.setattr(NL, "MAX_BLOCKS", 600)
+    assert NL._stride(256, 256) >= 9
+    coarse = float(D.estimate_sigma(y)[0]) * 255
+    assert abs(coarse - 20) < 1.5 and abs(coarse - fine) < 1.5, (fine, coarse)

@@ -191,6 +191,8 @@ class Denoise(Degradation):
         self.sigma_estimated = sigma is None  # the node's report says so: the user can override a wrong read
         self.noise_level = s
         self.gain = float(gain)
+        if sigma is None and self.gain > 0:  # the level read holds the shot noise (at the photo's mean) already
+            s = (s ** 2 - self.gain * self.y.mean(dim=(1, 2, 3))).clamp_min(SIGMA_FLOOR ** 2).sqrt()
         # the schedule needs one number per image: the noise std at mid-grey
         self.var_n = (s ** 2 + self.gain * self.y.mean(dim=(1, 2, 3))).clamp_min(SIGMA_FLOOR ** 2)
         self.sigma_g = s

@@ -74,7 +74,7 @@ def band_sigmas(y: Tensor) -> Tensor:
     ac = (_UV > 0).to(y.device)
     bands = [_band_mask(FINE_BAND).to(y.device), _band_mask(COARSE_BAND).to(y.device)]
     stride = _stride(h, w)
-    out = torch.zeros(b, c, len(bands), device=y.device)
+    out = torch.zeros(b, c, len(bands), device=y.device, dtype=torch.float32)
     for i in range(b):
         for ch in range(c):
             p = F.unfold(y[i:i + 1, ch:ch + 1].float(), 8, stride=stride)[0]  # [64, blocks]
@@ -119,7 +119,7 @@ def _variance_by_brightness(inband: Tensor, others: Tensor, k: int, level: Tenso
     bins = min(BRIGHTNESS_BINS, level.numel() // (4 * MIN_BLOCKS))
     if bins < 2:
         return _flat_variance(inband, others, k)
-    edges = torch.quantile(level, torch.linspace(0, 1, bins + 1, device=level.device)[1:-1])
+    edges = torch.quantile(level, torch.linspace(0, 1, bins + 1, device=level.device, dtype=level.dtype)[1:-1])
     which = torch.bucketize(level, edges)
     share = torch.bincount(torch.bucketize(photo_level, edges), minlength=bins).float()
     var, total = inband.new_zeros(()), share.new_zeros(())
