@@ -37,7 +37,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from ..models.restoration.denoisers import DCTDenoiser
     from ..models.restoration.priors import load_prior
     from ..models.restoration.sampler import restore, schedule_for
-    from ..models.restoration.tasks import build_operator
+    from ..models.restoration.tasks import build_operator, noise_note
     from .common import device_name
 
     if os.path.exists(args.out) and not args.overwrite:
@@ -63,7 +63,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     tmp = f"{args.out}.tmp-{os.getpid()}{os.path.splitext(args.out)[1]}"
     Image.fromarray(arr).save(tmp)
     os.replace(tmp, args.out)
-    print(f"{args.task}: {denoiser.note}; {steps} steps -> {args.out}")
+    print(f"{args.task}: {denoiser.note}; {steps} steps{noise_note(op).replace('noise_sigma', '--sigma')} "
+          f"-> {args.out}")
     return 0
 
 

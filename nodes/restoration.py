@@ -12,7 +12,7 @@ from ..models.restoration.denoisers import DCTDenoiser, DiffusionDenoiser
 from ..models.restoration.priors import as_prior, load_descriptor
 from ..models.restoration.sampler import restore, schedule_for
 from ..models.restoration.spec import DAMAGES, DEGRADE, SAMPLER, Param, task
-from ..models.restoration.tasks import build_operator, kernel_for
+from ..models.restoration.tasks import build_operator, kernel_for, noise_note
 from . import host
 from .host import (
     CATEGORY,
@@ -49,14 +49,6 @@ def _check_rgb(image) -> None:
         raise LitError(f"this image has {image.shape[-1]} channel(s); restoration needs 3 channels (RGB).",
                        input_name="image", fix="convert it to RGB first (e.g. repeat the grey channel three times).")
     check_image_batch(image, input_name="image", channels=(3, 4), min_size=8)
-
-
-def _noise_note(op) -> str:
-    """The noise level a denoise ran at, when it was read from the photo (so a wrong read can be overridden)."""
-    if not getattr(op, "sigma_estimated", False):
-        return ""
-    levels = ", ".join(f"{float(s) * 255:.1f}" for s in op.noise_level)
-    return f"; noise level {levels} (of 255) estimated from the photo: set noise_sigma to override"
 
 
 class LiTRestorationSampler:
@@ -149,7 +141,7 @@ class LiTRestorationSampler:
         else:
             out = run_restore(denoiser)
         result = out.permute(0, 2, 3, 1).float().cpu().contiguous()
-        report = f"{degradation}: {denoiser.note}; {n_steps} steps{_noise_note(op)}"
+        report = f"{degradation}: {denoiser.note}; {n_steps} steps{noise_note(op)}"
         print(f"[LiT Restoration Sampler] {report}")
         ui = compare_ui(image[..., :3], result, "lit_restore")
         ui["text"] = [report]

@@ -93,6 +93,12 @@ def test_cli_restore_with_an_ffdnet_prior(tmp_path, capsys):
                  str(tmp_path / "f.safetensors"), "--out", str(out)]) == 0
     assert Image.open(out).size == (96, 80) and "FFDNet" in capsys.readouterr().out
     assert main(["restore", str(tmp_path / "in.png"), "--out", str(out)]) == 2  # exists: refused
+    # the default task (denoise) reads the noise level and says so, with the flag that overrides it
+    assert main(["restore", str(tmp_path / "in.png"), "--out", str(tmp_path / "o1.png")]) == 0
+    said = capsys.readouterr().out
+    assert "estimated from the photo: set --sigma to override" in said, said
+    assert main(["restore", str(tmp_path / "in.png"), "--sigma", "10", "--out", str(tmp_path / "o3.png")]) == 0
+    assert "estimated" not in capsys.readouterr().out
     torch.save(net.state_dict(), tmp_path / "f.pth")
     assert main(["restore", str(tmp_path / "in.png"), "--prior", str(tmp_path / "f.pth"), "--out",
                  str(tmp_path / "o2.png")]) == 2

@@ -10,7 +10,7 @@ from ..common.validate import check_finite
 from . import degradations as deg
 from .spec import DAMAGE, DAMAGES, RESTORE_TASKS, TASKS, task
 
-__all__ = ["DAMAGE", "DAMAGES", "RESTORE_TASKS", "TASKS", "build_operator", "kernel_for"]
+__all__ = ["DAMAGE", "DAMAGES", "RESTORE_TASKS", "TASKS", "build_operator", "kernel_for", "noise_note"]
 
 
 def kernel_for(name: str, blur_sigma: float, motion_length: float, motion_angle: float) -> torch.Tensor:
@@ -33,6 +33,15 @@ def build_operator(name: str, y: torch.Tensor, *, noise_sigma: float = 0.0, pois
                    jpeg_quality=jpeg_quality)
     op.task = name
     return op
+
+
+def noise_note(op: deg.Degradation) -> str:
+    """The report's words for a noise level read from the photo (empty when the user gave one), so that a wrong read
+    can be seen and overridden: node and CLI say the same."""
+    if not getattr(op, "sigma_estimated", False):
+        return ""
+    levels = ", ".join(f"{float(s) * 255:.1f}" for s in op.noise_level)
+    return f"; noise level {levels} (of 255) estimated from the photo: set noise_sigma to override"
 
 
 def _operator(name: str, y: torch.Tensor, *, noise_sigma: float, poisson_gain: float, blur_sigma: float,
