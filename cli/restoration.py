@@ -63,8 +63,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     tmp = f"{args.out}.tmp-{os.getpid()}{os.path.splitext(args.out)[1]}"
     Image.fromarray(arr).save(tmp)
     os.replace(tmp, args.out)
-    print(f"{args.task}: {denoiser.note}; {steps} steps{noise_note(op).replace('noise_sigma', '--sigma')} "
-          f"-> {args.out}")
+    print(f"{args.task}: {denoiser.note}; {steps} steps{noise_note(op, '--sigma')} -> {args.out}")
     return 0
 
 

@@ -153,6 +153,8 @@ class Degradation:
     y: Tensor
     var_n: Tensor  # [B] data noise variance (0..1 scale), floored
     task: str  # the spec's task name (its schedules); build_operator sets the exact one
+    sigma_estimated: bool = False  # the noise level was read from y (the report says so, the user can override it)
+    noise_level: Tensor | None = None  # [B] that reading (0..1 scale), where it was made
 
     @property
     def sigma_n(self) -> Tensor:

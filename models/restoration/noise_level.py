@@ -97,8 +97,7 @@ def band_sigmas(y: Tensor) -> Tensor:
                 if j == 0:  # taken once clearly above the flattest blocks' (the max of two reads would bias up)
                     binned = _variance_by_brightness(inband, others, k, p.mean(0), brightness)
                     ratio = (binned / var.clamp_min(1e-12)).sqrt()
-                    var = var + ((ratio - BRIGHTER_FROM) / (BRIGHTER_AT - BRIGHTER_FROM)).clamp(0, 1) * (
-                        binned - var).clamp_min(0)
+                    var = _blend_up(var, binned, ratio, BRIGHTER_FROM, BRIGHTER_AT)
                 out[i, ch, j] = var.sqrt()
     return out.mean(dim=1)
 
@@ -130,12 +129,16 @@ def _variance_by_brightness(inband: Tensor, others: Tensor, k: int, level: Tenso
     return var / total if total > 0 else _flat_variance(inband, others, k)
 
 
+def _blend_up(base: Tensor, higher: Tensor, ratio: Tensor, start: float, full: float) -> Tensor:
+    """``base`` moved toward a ``higher`` reading as ``ratio`` goes from ``start`` to ``full`` (never down, never
+    a jump)."""
+    return base + ((ratio - start) / (full - start)).clamp(0, 1) * (higher - base).clamp_min(0)
+
+
 def combine(fine: Tensor, coarse: Tensor) -> Tensor:
     """The level a one-number denoiser should get: the fine band's for white noise, the coarse band's once the
     noise is clearly correlated, a blend in between (so the estimate never jumps)."""
-    ratio = coarse / fine.clamp_min(1e-6)
-    w = ((ratio - CORRELATED_FROM) / (CORRELATED_AT - CORRELATED_FROM)).clamp(0, 1)
-    return fine + w * (coarse - fine).clamp_min(0)
+    return _blend_up(fine, coarse, coarse / fine.clamp_min(1e-6), CORRELATED_FROM, CORRELATED_AT)
 
 
 def estimate_sigma(y: Tensor) -> Tensor:

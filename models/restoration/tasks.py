@@ -35,13 +35,13 @@ def build_operator(name: str, y: torch.Tensor, *, noise_sigma: float = 0.0, pois
     return op
 
 
-def noise_note(op: deg.Degradation) -> str:
+def noise_note(op: deg.Degradation, override: str = "noise_sigma") -> str:
     """The report's words for a noise level read from the photo (empty when the user gave one), so that a wrong read
-    can be seen and overridden: node and CLI say the same."""
-    if not getattr(op, "sigma_estimated", False):
+    can be seen and overridden (``override``: the input or flag that sets it): node and CLI say the same."""
+    if not op.sigma_estimated:
         return ""
     levels = ", ".join(f"{float(s) * 255:.1f}" for s in op.noise_level)
-    return f"; noise level {levels} (of 255) estimated from the photo: set noise_sigma to override"
+    return f"; noise level {levels} (of 255) estimated from the photo: set {override} to override"
 
 
 def _operator(name: str, y: torch.Tensor, *, noise_sigma: float, poisson_gain: float, blur_sigma: float,
