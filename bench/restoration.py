@@ -11,7 +11,10 @@ original: each photo's estimated noise level, the CPU time and a contact sheet (
 ``noise estimate`` rows: the level the node reads at noise 0 against scikit-image's estimator, on white and on
 camera-like noise (a demosaiced sensor mosaic, then JPEG) and shot noise (growing with brightness), and FFDNet's
 PSNR at each, on whole CBSD68 photos (4 in
-``--quick``); and a deblur at noise 0 (the level read, where it used to assume clean data). PSNR is
+``--quick``); and a deblur at noise 0 (the level read, where it used to assume clean data). The ``shot noise``
+rows: Poisson-Gaussian noise on whole CBSD68 photos (gain .02 in ``--quick``, also .005 in full), each prior told
+one level against the node's way (the Anscombe transform first, the gain given or read from the photo), and CBM3D
+after the same transform. PSNR is
 measured on the uint8-quantised output (as FFDNet's paper does), RGB; time is CPU seconds per output megapixel
 (``time.process_time``). The last line: the mean gain of the FFDNet prior over the classical prior on deblur
 (Gaussian, motion) and SR (x2, x4), and its CPU time per megapixel there relative to CBM3D's on denoising.
@@ -43,6 +46,7 @@ from PIL import Image  # noqa: E402
 from skimage import restoration as skr  # noqa: E402
 from skimage.metrics import structural_similarity  # noqa: E402
 
+from comfyui_lit.models.restoration import anscombe  # noqa: E402
 from comfyui_lit.models.restoration import degradations as D  # noqa: E402
 from comfyui_lit.models.restoration.denoisers import DCTDenoiser  # noqa: E402
 from comfyui_lit.models.restoration.ffdnet import convert_mat  # noqa: E402
@@ -271,6 +275,46 @@ def noise_estimate(prior, images: list[np.ndarray]) -> float:
     return float(np.mean(gains))
 
 
+def shot_noise(classical, prior, images: list[np.ndarray], gains: tuple[float, ...]) -> float:
+    """Shot noise (variance gain * x + (2/255)^2) on whole photos: each prior told one level (the level at the
+    photo's mean, what every prior got before), with the gain given (the Anscombe transform first) and with no gain
+    given (the node's defaults: the level and its growth read from the photo); against CBM3D after the same
+    transform, the classical answer to this noise. Returns the built-in prior's mean gain at the defaults over one
+    level."""
+    sg, res = 2 / 255, []
+    for gain in gains:
+        rows: dict[str, list[tuple[float, float]]] = {}
+        for i, clean in enumerate(images):
+            y = D.add_noise(t(clean), sg, gain, torch.Generator().manual_seed(4000 + i)).clamp(0, 1)
+            op = D.Denoise(y, sg, gain)
+            one = D.Denoise(y, float(op.sigma_n[0]))  # Gaussian at the level of the photo's mean brightness
+            methods = {}
+            for label, den in (("classical", classical), ("FFDNet", prior)):
+                methods[f"ours {label}, one level"] = lambda den=den, one=one: n(restore(one, den))
+                methods[f"ours {label}, gain given"] = lambda den=den, op=op: n(restore(op, den))
+                methods[f"ours {label}, defaults"] = lambda den=den, y=y: n(restore(D.Denoise(y), den))
+            if bm3d is not None:
+                def cbm3d(d, s):
+                    return t(bm3d.bm3d_rgb(n(d), float(s[0])))
+
+                methods["CBM3D (Anscombe)"] = lambda y=y, gain=gain: n(anscombe.denoise(
+                    cbm3d, y, torch.tensor([sg ** 2]), torch.tensor([gain])))
+            for name, fn in methods.items():
+                c0 = time.process_time()
+                out = np.asarray(fn(), dtype=np.float64)
+                rows.setdefault(name, []).append((psnr(clean, out), (time.process_time() - c0) / (out.size / 3e6)))
+        m = {k: np.mean(v, axis=0) for k, v in rows.items()}
+        for name, (p, sec) in m.items():
+            print(f"shot noise {gain:<5} {name:<28} {p:7.2f} {sec:9.1f} CPU s/MP", flush=True)
+        res.append(m["ours classical, defaults"][0] - m["ours classical, one level"][0])
+        vs = (f"; FFDNet {m['ours FFDNet, defaults'][0] - m['CBM3D (Anscombe)'][0]:+.2f}, classical "
+              f"{m['ours classical, defaults'][0] - m['CBM3D (Anscombe)'][0]:+.2f} dB vs CBM3D (Anscombe)"
+              if "CBM3D (Anscombe)" in m else "")
+        print(f"shot noise {gain:<5} -> defaults vs one level: classical {res[-1]:+.2f} dB, FFDNet "
+              f"{m['ours FFDNet, defaults'][0] - m['ours FFDNet, one level'][0]:+.2f} dB{vs}", flush=True)
+    return float(np.mean(res))
+
+
 def real_noise(classical, prior, files: list[str], crop: int, sheet: str) -> None:
     """RNI15's real camera noise (no clean original, so no PSNR): the node's way (noise level estimated from the
     photo), centre crops; the estimate per photo, CPU s/MP, and a contact sheet to look at."""
@@ -346,6 +390,9 @@ def main() -> None:
               f"({best[1]}); classical prior {results[name]['ours classical'][0] - best[0]:+.2f} dB", flush=True)
     # whole photos, as a user denoises them (a small crop of pure texture has nothing flat to read)
     noise_gain = noise_estimate(prior, load(os.path.join(DATA, "CBSD68"), 4 if args.quick else count, None))
+    shot_gain = shot_noise(DCTDenoiser(block_matching=True), prior,
+                           load(os.path.join(DATA, "CBSD68"), 2 if args.quick else count, None),
+                           (0.02,) if args.quick else (0.005, 0.02))
     rni = sorted(glob.glob(os.path.join(DATA, "RNI15", "*")))
     real_noise(DCTDenoiser(block_matching=True), prior, rni[::7][:2] if args.quick else rni, 128 if args.quick else 256,
                args.sheet)
@@ -355,6 +402,7 @@ def main() -> None:
     cbm3d = [results[k]["CBM3D"][2] for k in results if "CBM3D" in results[k]]
     cbm3d_t = float(np.mean(cbm3d)) if cbm3d else float("nan")
     print(f"noise estimate: camera-like noise {noise_gain:+.2f} dB with FFDNet vs scikit-image's estimate")
+    print(f"shot noise: the built-in prior at the defaults {shot_gain:+.2f} dB vs one level for the photo")
     print(f"deblur_sr_mean_gain: {gain:+.2f} dB ({ours_t / cbm3d_t:.2f}x time vs CBM3D)")
 
 

@@ -37,7 +37,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from ..models.restoration.denoisers import DCTDenoiser
     from ..models.restoration.priors import load_prior
     from ..models.restoration.sampler import restore, schedule_for
-    from ..models.restoration.tasks import build_operator, noise_note
+    from ..models.restoration.tasks import build_operator, noise_note, shot_noise_note
     from .common import device_name
 
     if os.path.exists(args.out) and not args.overwrite:
@@ -52,7 +52,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         mask = _read(read_image, args.mask, "mask").mean(-1)[None]
     op = build_operator(args.task, y, noise_sigma=args.noise_sigma, blur_sigma=args.blur_sigma,
                         motion_length=args.motion_length, motion_angle=args.motion_angle, mask=mask,
-                        jpeg_quality=args.jpeg_quality)
+                        jpeg_quality=args.jpeg_quality, poisson_gain=args.poisson_gain)
     if args.prior:
         denoiser = load_prior(args.prior, device)
     else:
@@ -63,7 +63,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     tmp = f"{args.out}.tmp-{os.getpid()}{os.path.splitext(args.out)[1]}"
     Image.fromarray(arr).save(tmp)
     os.replace(tmp, args.out)
-    print(f"{args.task}: {denoiser.note}; {steps} steps{noise_note(op, '--sigma')} -> {args.out}")
+    print(f"{args.task}: {denoiser.note}; {steps} steps{noise_note(op, '--sigma')}"
+          f"{shot_noise_note(op, denoiser, steps)} -> {args.out}")
     return 0
 
 
@@ -77,7 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                "DRUNet/DnCNN/SCUNet... through spandrel); default: built-in")
     for flag, name, kind in (("--sigma", "noise_sigma", float), ("--steps", "steps", int), ("--seed", "seed", int),
                              ("--blur-sigma", "blur_sigma", float), ("--motion-length", "motion_length", float),
-                             ("--motion-angle", "motion_angle", float), ("--jpeg-quality", "jpeg_quality", int)):
+                             ("--motion-angle", "motion_angle", float), ("--jpeg-quality", "jpeg_quality", int),
+                             ("--poisson-gain", "poisson_gain", float)):
         prm = SAMPLER[name]
         p.add_argument(flag, dest=name, type=kind, default=prm.default,
                        help=f"{prm.tooltip} (default {prm.default}; {prm.low}..{prm.high})")

@@ -12,7 +12,7 @@ from ..models.restoration.denoisers import DCTDenoiser, DiffusionDenoiser
 from ..models.restoration.priors import as_prior, load_descriptor
 from ..models.restoration.sampler import restore, schedule_for
 from ..models.restoration.spec import DAMAGES, DEGRADE, SAMPLER, Param, task
-from ..models.restoration.tasks import build_operator, kernel_for, noise_note
+from ..models.restoration.tasks import build_operator, kernel_for, noise_note, shot_noise_note
 from . import host
 from .host import (
     CATEGORY,
@@ -141,7 +141,8 @@ class LiTRestorationSampler:
         else:
             out = run_restore(denoiser)
         result = out.permute(0, 2, 3, 1).float().cpu().contiguous()
-        report = f"{degradation}: {denoiser.note}; {n_steps} steps{noise_note(op)}"
+        report = (f"{degradation}: {denoiser.note}; {n_steps} steps{noise_note(op)}"
+                  f"{shot_noise_note(op, denoiser, n_steps)}")
         print(f"[LiT Restoration Sampler] {report}")
         ui = compare_ui(image[..., :3], result, "lit_restore")
         ui["text"] = [report]

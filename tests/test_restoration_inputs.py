@@ -99,6 +99,13 @@ def test_cli_restore_with_an_ffdnet_prior(tmp_path, capsys):
     assert "estimated from the photo: set --sigma to override" in said, said
     assert main(["restore", str(tmp_path / "in.png"), "--sigma", "10", "--out", str(tmp_path / "o3.png")]) == 0
     assert "estimated" not in capsys.readouterr().out
+    # shot noise (--poisson-gain): made even before the prior in one step, and the report says so
+    assert main(["restore", str(tmp_path / "in.png"), "--poisson-gain", "5", "--sigma", "2", "--prior",
+                 str(tmp_path / "f.safetensors"), "--out", str(tmp_path / "o4.png")]) == 0
+    assert "Anscombe transform" in capsys.readouterr().out
+    assert main(["restore", str(tmp_path / "in.png"), "--poisson-gain", "5", "--sigma", "2", "--steps", "2",
+                 "--out", str(tmp_path / "o5.png")]) == 0
+    assert "takes one level per photo" in capsys.readouterr().out
     torch.save(net.state_dict(), tmp_path / "f.pth")
     assert main(["restore", str(tmp_path / "in.png"), "--prior", str(tmp_path / "f.pth"), "--out",
                  str(tmp_path / "o2.png")]) == 2

@@ -198,6 +198,7 @@ class Denoise(Degradation):
         # the schedule needs one number per image: the noise std at mid-grey
         self.var_n = (s ** 2 + self.gain * self.y.mean(dim=(1, 2, 3))).clamp_min(SIGMA_FLOOR ** 2)
         self.sigma_g = s
+        self._read_shot: Tensor | None = None  # the brightness dependence read from y, where it is needed
 
     def apply(self, x: Tensor) -> Tensor:
         return x
@@ -206,6 +207,30 @@ class Denoise(Degradation):
         if self.gain == 0:
             return _bc(self.var_n).expand_as(z)
         return _bc(self.sigma_g ** 2) + self.gain * z.clamp(0, 1)
+
+    @property
+    def shot_noise_read(self) -> Tensor | None:
+        """``[B, 3]`` (see :func:`.noise_level.signal_dependence`) where the level was read from the photo and no
+        gain given: whether, and how, the noise read grows with brightness. Read once, on first use."""
+        if not self.sigma_estimated or self.gain > 0:
+            return None
+        if self._read_shot is None:
+            self._read_shot = noise_level.signal_dependence(self.y)
+        return self._read_shot
+
+    def shot_model(self) -> tuple[Tensor, Tensor] | None:
+        """``(sigma^2, gain)``, each ``[B]``: the per-channel noise variance as ``sigma^2 + gain * x`` where it grows
+        with brightness (a gain given, or read from the photo), else None. A read keeps the level the estimate gave
+        at the photo's mean and takes the fitted slope as far as the read is sure (0 gain when it is not)."""
+        mean = self.y.mean(dim=(1, 2, 3))
+        if self.gain > 0:
+            return self.sigma_g ** 2, torch.full_like(mean, self.gain)
+        read = self.shot_noise_read
+        if read is None or not bool((read[:, 2] > 0).any()):
+            return None
+        a, g, sure = read.unbind(1)
+        gain = sure * self.var_n * g / (a + g * mean).clamp_min(1e-12)
+        return (self.var_n - gain * mean).clamp_min(0), gain
 
     def prox(self, z: Tensor, sigma_k: Tensor | float, lam: float = 1.0) -> Tensor:
         s = torch.as_tensor(sigma_k, dtype=torch.float32, device=z.device).flatten()

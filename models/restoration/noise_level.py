@@ -23,7 +23,8 @@ Noise that grows with brightness (shot noise, as in RNI15's Pattern2: ~8/255 in 
 highlights) would be read at the flattest areas' level, often the dark ones, and a one-number denoiser would leave
 the bright areas grainy. So the fine band is also read per brightness bin and averaged over the photo; that reading
 is taken once it is clearly above the flattest blocks'. The coarse band is not: read per bin, it took texture for
-noise on clean photos.
+noise on clean photos. :func:`signal_dependence` fits a line to those per-bin readings, so that a one-step denoise
+can make such noise even (the Anscombe transform) instead of treating it as one level.
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ BRIGHTNESS_BINS = 6  # the fine band is also read per brightness bin (noise that
 BRIGHTER_FROM, BRIGHTER_AT = 1.1, 1.25
 # coarse / fine ratio: white noise on textured photos reads up to ~1.25 (CBSD68), correlated noise 1.5-13
 CORRELATED_FROM, CORRELATED_AT = 1.25, 1.6
+# Noise that grows with brightness, as a map: the fitted std at the photo's bright end (90% of its blocks darker)
+# over its dark end (10%). White noise reads up to ~1.3 (texture, clipping), shot noise 1.9-4 at gain .02 (6 CBSD68
+# photos); a network prior follows the brightness fully from 2.0
+SHOT_FROM, SHOT_AT = 1.5, 2.0
+SHOT_MAX_CLIPPED = 0.25  # bins with more clipped blocks are left out: clipping hides noise and would read a slope
+# bins whose coarse band reads this far above the fine one hold texture, not noise (shot noise bins read 0.9-1.5,
+# foliage 1.7-2.1 on CBSD68's 167083); and correlated noise as a whole (camera grain) is left to one level
+SHOT_TEXTURE = 1.6
+# and the part that grows must be noise worth following: its std at the photo's mean brightness (channel mean)
+# above 3/255 (clean CBSD68 photos' own grain fits a line too, at ~1/255; shot noise at gain .005 reads ~6)
+SHOT_MIN = 3 / 255
 
 _UV = (torch.arange(8)[:, None] + torch.arange(8)[None, :]).flatten()
 
@@ -145,6 +157,61 @@ def estimate_sigma(y: Tensor) -> Tensor:
     """The noise std ``[B]`` (0..1 units) of each image in ``[B, C, H, W]`` (0..1), white or camera-correlated."""
     s = band_sigmas(y)
     return combine(s[:, 0], s[:, 1]).clamp_min(1e-4)
+
+
+def signal_dependence(y: Tensor) -> Tensor:
+    """``[B, 3]``: the noise variance of each image's channel mean as ``a + g * brightness`` (``a``, ``g`` in 0..1
+    units) and how sure the read is (0: one level fits, 1: it clearly grows with brightness, ramped between).
+
+    The fine band is read in brightness bins of the flat blocks (as :func:`band_sigmas` does) and a line is fitted
+    to the bins' variances. A photo of one brightness, or too few unclipped bins, reads (0, 0, 0)."""
+    b, _, h, w = y.shape
+    k2 = torch.kron(dct_matrix(8), dct_matrix(8)).to(y.device)
+    band, coarse = _band_mask(FINE_BAND).to(y.device), _band_mask(COARSE_BAND).to(y.device)
+    ac = (_UV > 0).to(y.device)
+    k, kc = int(band.sum()), int(coarse.sum())
+    correlated = is_correlated(y)
+    out = torch.zeros(b, 3, device=y.device)
+    for i in range(b):
+        if bool(correlated[i]):
+            continue
+        p = F.unfold(y[i:i + 1].float().mean(dim=1, keepdim=True), 8, stride=_stride(h, w))[0]
+        level = p.mean(0)
+        clipped = ((p <= CLIP_MARGIN) | (p >= 1 - CLIP_MARGIN)).any(0)
+        bins = min(BRIGHTNESS_BINS, level.numel() // (4 * MIN_BLOCKS))
+        if bins < 3:
+            continue
+        edges = torch.quantile(level, torch.linspace(0, 1, bins + 1, device=y.device)[1:-1])
+        which = torch.bucketize(level, edges)
+        energy = (k2 @ p) ** 2
+        inband, others = energy[band].sum(0), energy[ac & ~band].sum(0)
+        in_coarse, others_coarse = energy[coarse].sum(0), energy[ac & ~coarse].sum(0)
+        pts = []
+        for q in range(bins):
+            sel = which == q
+            kept = sel & ~clipped
+            if int(kept.sum()) < MIN_BLOCKS or float(kept.sum()) < (1 - SHOT_MAX_CLIPPED) * float(sel.sum()):
+                continue
+            var = float(_flat_variance(inband[kept], others[kept], k))
+            if float(_flat_variance(in_coarse[kept], others_coarse[kept], kc)) <= SHOT_TEXTURE ** 2 * var:
+                pts.append((float(level[kept].median()), var))
+        if len(pts) < 3:
+            continue
+        m, v = torch.tensor(pts).T
+        if float(m.max() - m.min()) < 0.1:
+            continue
+        g = float(((m - m.mean()) * (v - v.mean())).sum() / ((m - m.mean()) ** 2).sum())
+        a = float(v.mean()) - g * float(m.mean())
+        if a < 0:  # no Gaussian floor left: a line through the origin
+            a, g = 0.0, float((m * v).sum() / (m * m).sum())
+        if g <= 0:
+            continue
+        if g * float(level.mean()) < SHOT_MIN ** 2:
+            continue
+        lo, hi = torch.quantile(level, torch.tensor([0.1, 0.9], device=y.device)).clamp_min(0.02).tolist()
+        ratio = ((a + g * hi) / max(a + g * lo, 1e-12)) ** 0.5
+        out[i] = torch.tensor([a, g, min(max((ratio - SHOT_FROM) / (SHOT_AT - SHOT_FROM), 0.0), 1.0)])
+    return out
 
 
 def is_correlated(y: Tensor) -> Tensor:

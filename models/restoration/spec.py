@@ -177,8 +177,10 @@ SAMPLER: dict[str, Param] = {
     "downsample": Param("bicubic", "Upscale: how the small image was made (antialiased bicubic or box average).",
                         kind="CHOICE", choices=DOWNSAMPLE),
     "jpeg_quality": Param(0, "JPEG: the quality it was saved at; 0 estimates it.", kind="INT", low=0, high=100),
-    "poisson_gain": Param(0.0, "Denoise: signal-dependent (shot) noise gain in 0..255 units; 0 = plain Gaussian "
-                               "noise.", low=0.0, high=100.0, step=0.1),
+    "poisson_gain": Param(0.0, "Denoise: shot noise (grows with brightness) gain in 0..255 units. 0 with "
+                               "noise_sigma 0 reads from the photo whether the noise grows with brightness; 0 with "
+                               "a noise_sigma set means plain Gaussian noise. Shot noise is made even (Anscombe "
+                               "transform) before a one-step denoise.", low=0.0, high=100.0, step=0.1),
     "stochastic": Param(0.0, "Fresh seeded noise added before each prior step (0 = deterministic DPIR, 1 = fully "
                              "re-noised).", low=0.0, high=1.0, step=0.05),
     "positive": Param("", "Guidance: what the restored photo should look like.", kind="STRING"),

@@ -8,9 +8,11 @@ import torch
 from ..common.errors import LitError
 from ..common.validate import check_finite
 from . import degradations as deg
+from .denoisers import Denoiser
 from .spec import DAMAGE, DAMAGES, RESTORE_TASKS, TASKS, task
 
-__all__ = ["DAMAGE", "DAMAGES", "RESTORE_TASKS", "TASKS", "build_operator", "kernel_for", "noise_note"]
+__all__ = ["DAMAGE", "DAMAGES", "RESTORE_TASKS", "TASKS", "build_operator", "kernel_for", "noise_note",
+           "shot_noise_note"]
 
 
 def kernel_for(name: str, blur_sigma: float, motion_length: float, motion_angle: float) -> torch.Tensor:
@@ -42,6 +44,18 @@ def noise_note(op: deg.Degradation, override: str = "noise_sigma") -> str:
         return ""
     levels = ", ".join(f"{float(s) * 255:.1f}" for s in op.noise_level)
     return f"; noise level {levels} (of 255) estimated from the photo: set {override} to override"
+
+
+def shot_noise_note(op: deg.Degradation, denoiser: Denoiser, steps: int = 1) -> str:
+    """The report's words for shot noise (a Poisson gain given, or noise read from the photo that grows with
+    brightness): how the prior was given it (``steps``: the sampler's, as it runs)."""
+    if not isinstance(op, deg.Denoise) or op.shot_model() is None:
+        return ""
+    what = "shot noise" if op.gain > 0 else "the noise read grows with brightness (shot noise)"
+    if steps == 1 and not denoiser.wants_clean_input:
+        return f"; {what}: made even by the Anscombe transform before the prior"
+    return (f"; {what}: over {steps} steps the prior takes one level per photo (the level at its mean "
+            "brightness); 1 step makes it even first")
 
 
 def _operator(name: str, y: torch.Tensor, *, noise_sigma: float, poisson_gain: float, blur_sigma: float,
